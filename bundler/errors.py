@@ -74,7 +74,9 @@ class BundleRejected(BundleError):
     prefix = "bundle rejected"
     check = "bundle"
 
-    def __init__(self, message: str, *, member: str | None = None, remedy: str | None = None):
+    def __init__(
+        self, message: str, *, member: str | None = None, remedy: str | None = None
+    ) -> None:
         self.member = member
         where = f"{self.check}: {member}: " if member else f"{self.check}: "
         super().__init__(where + message, remedy=remedy)

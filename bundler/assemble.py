@@ -1,0 +1,191 @@
+"""Assemble payload files into a signed bundle: sorted, normalised, streamed, atomic."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .errors import BundleError, ProjectError
+from .formats.archive import BundleWriter
+from .formats.manifest import (
+    BaseImage,
+    FileEntry,
+    Manifest,
+    Package,
+    PayloadInfo,
+    Target,
+    check_member_name,
+    check_name_set,
+)
+from .formats.signing import key_id, sign
+from .layout import PackageMode
+from .progress import NullProgress, Progress
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One payload file: where it goes in the payload, and where its bytes come from."""
+
+    path: str
+    source: Path | bytes
+    mode: int  # already normalised to 0o644 or 0o755
+
+    def open(self) -> BinaryIO:
+        if isinstance(self.source, bytes):
+            return io.BytesIO(self.source)
+        return self.source.open("rb")
+
+    def size(self) -> int:
+        if isinstance(self.source, bytes):
+            return len(self.source)
+        return self.source.stat().st_size
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    """What the manifest says besides the file list and the payload digest."""
+
+    name: str
+    version: str
+    created: int
+    target: Target
+    entry_script: str
+    mode: PackageMode
+    env: Mapping[str, str] = field(default_factory=dict)
+    packages: tuple[Package, ...] = ()
+    base_image: BaseImage | None = None
+    expires: int | None = None
+
+
+def normal_mode(st_mode: int) -> int:
+    """0o755 when any execute bit is set, else 0o644: owners, umask and extra bits dropped."""
+    return 0o755 if st_mode & 0o111 else 0o644
+
+
+def collect_tree(root: Path, prefix: str, *, skip_pycache: bool = True) -> list[SourceFile]:
+    """Every regular file under ``root`` as payload files under ``prefix``.
+
+    Symbolic links are refused rather than followed: a bundle holds plain files only, and a
+    link could pull in files from outside the project.
+
+    Raises:
+        ProjectError: a symbolic link, device or other special file is found.
+    """
+    files: list[SourceFile] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        if skip_pycache:
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in [*dirnames, *filenames]:
+            path = base / name
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                raise ProjectError(
+                    f"{path} is a symbolic link; bundles hold plain files only",
+                    remedy="replace the link with the file it points to",
+                )
+            if name in filenames and not stat.S_ISREG(st.st_mode):
+                raise ProjectError(f"{path} is not a regular file")
+        for name in filenames:
+            if skip_pycache and name.endswith((".pyc", ".pyo")):
+                continue
+            path = base / name
+            rel = path.relative_to(root).as_posix()
+            files.append(SourceFile(f"{prefix}/{rel}", path, normal_mode(path.stat().st_mode)))
+    return files
+
+
+def _sort_key(f: SourceFile) -> bytes:
+    # Byte order of the UTF-8 name: the same on every machine and locale.
+    return f.path.encode("utf-8")
+
+
+@contextlib.contextmanager
+def _atomic_output(out: Path) -> Iterator[BinaryIO]:
+    """A temp file beside ``out``, renamed over it only when the body succeeds."""
+    out = Path(os.path.abspath(out))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as e:
+        raise BundleError(f"cannot write {out}: {e.strerror}") from e
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bundle(
+    out: Path,
+    files: Sequence[SourceFile],
+    meta: BundleMeta,
+    private_key: Ed25519PrivateKey,
+    *,
+    level: int = 3,
+    threads: int = 0,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Write a signed bundle of ``files`` to ``out``; return its manifest.
+
+    ``threads`` 0 means one per core; the output is the same for any thread count.
+
+    Raises:
+        UnsafeMemberError: a payload path is unsafe or two collide.
+        BundleError: ``out`` cannot be written.
+    """
+    progress = progress or NullProgress()
+    ordered = sorted(files, key=_sort_key)
+    for f in ordered:
+        check_member_name(f.path)
+    check_name_set(f.path for f in ordered)
+    sizes = [f.size() for f in ordered]
+    threads = threads or (os.cpu_count() or 1)
+    entries: list[FileEntry] = []
+    with _atomic_output(out) as fh:
+        writer = BundleWriter(fh, mtime=meta.created, level=level, threads=threads)
+        progress.start("compressing", sum(sizes))
+        for f, size in zip(ordered, sizes, strict=True):
+            with f.open() as src:
+                digest = writer.tar.add(f.path, f.mode, size, src)
+            entries.append(FileEntry(path=f.path, size=size, mode=f.mode, sha256=digest))
+            progress.advance(size)
+        stats = writer.finish_payload()
+        progress.finish()
+        manifest = Manifest(
+            name=meta.name,
+            version=meta.version,
+            created=meta.created,
+            expires=meta.expires,
+            signer=key_id(private_key.public_key()),
+            target=meta.target,
+            entry_script=meta.entry_script,
+            mode=meta.mode,
+            env=dict(meta.env),
+            packages=meta.packages,
+            base_image=meta.base_image,
+            payload=PayloadInfo(
+                sha256=stats.sha256,
+                size=stats.size,
+                unpacked_size=sum(sizes),
+                file_count=len(entries),
+            ),
+            files=tuple(entries),
+        )
+        data = manifest.to_bytes()
+        writer.finish(data, sign(private_key, data))
+    return manifest

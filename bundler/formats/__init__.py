@@ -1,0 +1,1 @@
+"""The bundle format: manifest model, signing, and archive reading and writing."""

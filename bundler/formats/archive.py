@@ -1,0 +1,500 @@
+"""Streaming tar + zstd: the strict ustar writer and reader, and the outer bundle layout.
+
+We write and parse tar headers ourselves rather than use ``tarfile``: the writer must be
+byte-reproducible, and the reader must refuse everything our writer never emits (links,
+devices, pax and GNU records, sparse files) before a single byte reaches the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Final, cast
+
+import zstandard
+
+from ..errors import IntegrityError, ResourceLimitError, UnsafeMemberError
+from ..layout import OUTER_MANIFEST, OUTER_PAYLOAD, OUTER_SIGNATURE
+from .limits import DEFAULT_LIMITS, Limits
+
+BLOCK: Final = 512
+CHUNK: Final = 1 << 20
+_MAGIC_USTAR: Final = b"ustar\x0000"
+_OCTAL_MAX: Final = 8**11  # 11 octal digits; larger sizes use GNU base-256, as GNU tar does
+
+_TYPE_NAMES: Final = {
+    b"1": "hard link",
+    b"2": "symbolic link",
+    b"3": "character device",
+    b"4": "block device",
+    b"5": "directory entry",
+    b"6": "FIFO",
+    b"7": "contiguous file",
+    b"x": "pax header (can rename or resize members)",
+    b"g": "pax global header (can rename or resize members)",
+    b"L": "GNU long-name record (can rename members)",
+    b"K": "GNU long-link record",
+    b"S": "sparse member",
+    b"D": "GNU directory dump",
+    b"M": "GNU multi-volume member",
+    b"V": "volume label",
+}
+
+
+# ---- headers ----------------------------------------------------------------------------
+
+
+def _octal(value: int, width: int) -> bytes:
+    """A NUL-terminated octal field of ``width`` bytes."""
+    return b"%0*o\x00" % (width - 1, value)
+
+
+def _size_field(size: int) -> bytes:
+    if size < _OCTAL_MAX:
+        return _octal(size, 12)
+    # GNU base-256: high bit set, big-endian value in the remaining 11 bytes.
+    return bytes([0x80]) + size.to_bytes(11, "big")
+
+
+def _split_name(name: str) -> tuple[bytes, bytes]:
+    """Split into ustar (prefix, name) fields; names up to 255 bytes fit, at a '/'."""
+    raw = name.encode("utf-8")
+    if len(raw) <= 100:
+        return b"", raw
+    # The longest prefix (<=155 bytes) ending at a '/' whose remainder fits in 100 bytes.
+    for i in range(min(len(raw) - 1, 155), 0, -1):
+        if raw[i : i + 1] == b"/" and len(raw) - i - 1 <= 100:
+            return raw[:i], raw[i + 1 :]
+    raise UnsafeMemberError("name does not fit a ustar header (255 bytes)", member=name)
+
+
+def ustar_header(name: str, size: int, mode: int, mtime: int) -> bytes:
+    """One 512-byte POSIX ustar header for a regular file, owners and times normalised."""
+    prefix, short = _split_name(name)
+    header = bytearray(BLOCK)
+    header[0:100] = short.ljust(100, b"\x00")
+    header[100:108] = _octal(mode, 8)
+    header[108:116] = _octal(0, 8)  # uid
+    header[116:124] = _octal(0, 8)  # gid
+    header[124:136] = _size_field(size)
+    header[136:148] = _octal(mtime, 12)
+    header[148:156] = b" " * 8  # checksum is computed with this field as spaces
+    header[156:157] = b"0"
+    header[257:265] = _MAGIC_USTAR
+    header[345:500] = prefix.ljust(155, b"\x00")
+    checksum = sum(header)
+    header[148:156] = b"%06o\x00 " % checksum
+    return bytes(header)
+
+
+def _padding(size: int) -> int:
+    return -size % BLOCK
+
+
+@dataclass(frozen=True)
+class Header:
+    """A parsed header of a regular file member."""
+
+    name: str
+    size: int
+    mode: int
+    offset: int  # of the header, within its stream
+
+
+def _parse_number(field: bytes, what: str, name: str) -> int:
+    if field[:1] == b"\x80":  # GNU base-256, positive only
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\x00", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise IntegrityError(f"malformed {what} field in tar header", member=name) from None
+
+
+def parse_header(block: bytes, offset: int) -> Header:
+    """Parse and check one header block of untrusted input; regular files only.
+
+    Raises:
+        IntegrityError: bad checksum or malformed fields.
+        UnsafeMemberError: any member type other than a regular file, or special mode bits.
+    """
+    name_field = block[0:100].split(b"\x00", 1)[0]
+    prefix_field = block[345:500].split(b"\x00", 1)[0]
+    raw_name = prefix_field + b"/" + name_field if prefix_field else name_field
+    shown = raw_name.decode("utf-8", "replace")[:200] or "''"
+    stored = _parse_number(block[148:156], "checksum", shown)
+    computed = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+    if stored != computed:
+        raise IntegrityError(f"tar header checksum mismatch at offset {offset}", member=shown)
+    kind = block[156:157]
+    if kind not in (b"0", b"\x00"):
+        what = _TYPE_NAMES.get(kind, f"unknown member type {kind!r}")
+        raise UnsafeMemberError(f"{what} is not allowed; only regular files are", member=shown)
+    if block[257:265] != _MAGIC_USTAR:
+        raise UnsafeMemberError("not a POSIX ustar header (GNU or old tar format)", member=shown)
+    mode = _parse_number(block[100:108], "mode", shown)
+    if mode & 0o7000:
+        raise UnsafeMemberError(f"mode {mode:o} has setuid, setgid or sticky bits", member=shown)
+    try:
+        name = raw_name.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise UnsafeMemberError("name is not valid UTF-8", member=shown) from None
+    size = _parse_number(block[124:136], "size", shown)
+    return Header(name=name, size=size, mode=mode, offset=offset)
+
+
+# ---- writing ----------------------------------------------------------------------------
+
+
+class TarWriter:
+    """Writes regular-file members to a binary stream, hashing each member while copying."""
+
+    def __init__(self, out: BinaryIO, mtime: int) -> None:
+        self._out = out
+        self._mtime = mtime
+        self.written = 0
+
+    def add(self, name: str, mode: int, size: int, source: BinaryIO) -> str:
+        """Copy exactly ``size`` bytes from ``source`` as member ``name``; return their sha256.
+
+        Raises:
+            IntegrityError: the source yielded a different number of bytes (changed on disk).
+        """
+        self._write(ustar_header(name, size, mode, self._mtime))
+        digest = hashlib.sha256()
+        remaining = size
+        while remaining:
+            chunk = source.read(min(CHUNK, remaining))
+            if not chunk:
+                break
+            digest.update(chunk)
+            self._write(chunk)
+            remaining -= len(chunk)
+        if remaining or source.read(1):
+            raise IntegrityError(
+                "file changed size while it was being packed",
+                member=name,
+                remedy="pack again once nothing writes to the project",
+            )
+        self._write(b"\x00" * _padding(size))
+        return digest.hexdigest()
+
+    def close(self) -> None:
+        """Write the end-of-archive marker: two zero blocks."""
+        self._write(b"\x00" * (2 * BLOCK))
+
+    def _write(self, data: bytes) -> None:
+        self._out.write(data)
+        self.written += len(data)
+
+
+class _HashingWriter(io.RawIOBase):
+    """Counts and hashes everything written through it to ``target``."""
+
+    def __init__(self, target: BinaryIO) -> None:
+        self.target = target
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.target.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+@dataclass(frozen=True)
+class PayloadStats:
+    sha256: str
+    size: int
+
+
+class BundleWriter:
+    """Writes the outer tar: the payload first, then manifest.json and its signature.
+
+    The payload's size is not known until it is compressed, so its header is written as a
+    placeholder and rewritten at the end; ``out`` must be seekable (a regular file).
+    """
+
+    def __init__(self, out: BinaryIO, mtime: int, level: int, threads: int) -> None:
+        if threads < 1:
+            # zstd's output is identical for any worker count >= 1, but differs with 0
+            # (single-threaded mode); always using workers keeps bundles reproducible.
+            raise ValueError("threads must be >= 1")
+        self._out = out
+        self._mtime = mtime
+        self._start = out.tell()
+        out.write(b"\x00" * BLOCK)  # placeholder header for payload.tar.zst
+        self._hashing = _HashingWriter(out)
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, threads=threads, write_checksum=True, write_content_size=False
+        )
+        self._compressor = zstandard.ZstdCompressor(compression_params=params)
+        self._zwriter = self._compressor.stream_writer(
+            cast(BinaryIO, self._hashing), closefd=False, write_size=CHUNK
+        )
+        self.tar = TarWriter(cast(BinaryIO, self._zwriter), mtime)
+
+    def finish_payload(self) -> PayloadStats:
+        """Close the payload tar and its zstd frame; fix up the payload's outer header."""
+        self.tar.close()
+        self._zwriter.flush(zstandard.FLUSH_FRAME)
+        size = self._hashing.size
+        self._out.write(b"\x00" * _padding(size))
+        end = self._out.tell()
+        self._out.seek(self._start)
+        self._out.write(ustar_header(OUTER_PAYLOAD, size, 0o644, self._mtime))
+        self._out.seek(end)
+        return PayloadStats(sha256=self._hashing.sha256.hexdigest(), size=size)
+
+    def finish(self, manifest: bytes, signature: bytes) -> None:
+        """Append the manifest and its detached signature, then the end-of-archive marker."""
+        for name, data in ((OUTER_MANIFEST, manifest), (OUTER_SIGNATURE, signature)):
+            self._out.write(ustar_header(name, len(data), 0o644, self._mtime))
+            self._out.write(data + b"\x00" * _padding(len(data)))
+        self._out.write(b"\x00" * (2 * BLOCK))
+        self._out.flush()
+
+
+# ---- reading ----------------------------------------------------------------------------
+
+
+def _read_exact(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise IntegrityError(
+            f"bundle is truncated (wanted {n} bytes, got {len(data)})", member="bundle"
+        )
+    return data
+
+
+@dataclass(frozen=True)
+class OuterBundle:
+    """Where the three outer members are; only the small ones are read into memory."""
+
+    manifest: bytes
+    signature: bytes
+    payload_offset: int
+    payload_size: int
+
+
+def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
+    """Read the outer tar's structure, the manifest and the signature; skip the payload.
+
+    Seeks over the payload, so this is instant on a bundle of any size.
+
+    Raises:
+        IntegrityError, UnsafeMemberError, ResourceLimitError: not exactly our three members.
+    """
+    expected = (OUTER_PAYLOAD, OUTER_MANIFEST, OUTER_SIGNATURE)
+    bounds = {
+        OUTER_MANIFEST: limits.max_manifest_bytes,
+        OUTER_SIGNATURE: limits.max_signature_bytes,
+    }
+    found: dict[str, tuple[int, int]] = {}
+    small: dict[str, bytes] = {}
+    f.seek(0, io.SEEK_END)
+    total = f.tell()
+    offset = 0
+    f.seek(0)
+    for want in expected:
+        block = _read_exact(f, BLOCK)
+        if block == b"\x00" * BLOCK:
+            raise IntegrityError(f"member {want!r} is missing", member=want)
+        header = parse_header(block, offset)
+        if header.name != want:
+            if header.name in expected:
+                raise IntegrityError(
+                    f"outer members out of order: expected {want!r}", member=header.name
+                )
+            raise IntegrityError("unexpected member in the outer archive", member=header.name)
+        data_offset = offset + BLOCK
+        if data_offset + header.size > total:
+            raise IntegrityError("bundle is truncated inside this member", member=want)
+        if want in bounds:
+            if header.size > bounds[want]:
+                raise ResourceLimitError(
+                    f"{header.size} bytes, over the limit of {bounds[want]}", member=want
+                )
+            small[want] = _read_exact(f, header.size)
+        found[want] = (data_offset, header.size)
+        offset = data_offset + header.size + _padding(header.size)
+        f.seek(offset)
+    # After the three members: only zero blocks (the end marker, maybe record padding).
+    tail_len = total - offset
+    if tail_len < 2 * BLOCK:
+        raise IntegrityError("end-of-archive marker missing", member="bundle")
+    remaining = tail_len
+    while remaining:
+        chunk = f.read(min(CHUNK, remaining))
+        if not chunk:
+            raise IntegrityError("bundle is truncated", member="bundle")
+        if chunk.count(0) != len(chunk):
+            raise IntegrityError("extra data after the last member", member="bundle")
+        remaining -= len(chunk)
+    payload_offset, payload_size = found[OUTER_PAYLOAD]
+    return OuterBundle(
+        manifest=small[OUTER_MANIFEST],
+        signature=small[OUTER_SIGNATURE],
+        payload_offset=payload_offset,
+        payload_size=payload_size,
+    )
+
+
+def hash_region(f: BinaryIO, offset: int, size: int) -> str:
+    """sha256 of ``size`` bytes at ``offset``, read in bounded chunks."""
+    f.seek(offset)
+    digest = hashlib.sha256()
+    remaining = size
+    while remaining:
+        chunk = f.read(min(CHUNK, remaining))
+        if not chunk:
+            raise IntegrityError("payload is truncated", member=OUTER_PAYLOAD)
+        digest.update(chunk)
+        remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+class _Region(io.RawIOBase):
+    """Exactly ``size`` bytes of ``f`` from ``offset``, re-hashed as they are read.
+
+    The payload was hashed once before decompression; hashing again while reading catches a
+    file that was swapped between the two passes.
+    """
+
+    def __init__(self, f: BinaryIO, offset: int, size: int) -> None:
+        self._f = f
+        self._remaining = size
+        self.sha256 = hashlib.sha256()
+        f.seek(offset)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self._remaining)
+        if n == 0:
+            return 0
+        data = self._f.read(n)
+        if not data:
+            raise IntegrityError("payload is truncated", member=OUTER_PAYLOAD)
+        buffer[: len(data)] = data
+        self.sha256.update(data)
+        self._remaining -= len(data)
+        return len(data)
+
+
+class _Bounded:
+    """Reads from the decompressor, refusing output beyond ``limit`` bytes."""
+
+    def __init__(self, reader: zstandard.ZstdDecompressionReader, limit: int) -> None:
+        self._reader = reader
+        self._limit = limit
+        self.count = 0
+
+    def read(self, n: int) -> bytes:
+        try:
+            data = self._reader.read(n)
+        except zstandard.ZstdError as e:
+            text = str(e)
+            if "memory" in text or "window" in text.lower():
+                raise ResourceLimitError(
+                    f"zstd frame needs a window beyond the limit ({text})",
+                    member=OUTER_PAYLOAD,
+                ) from e
+            raise IntegrityError(f"zstd stream is corrupt ({text})", member=OUTER_PAYLOAD) from e
+        self.count += len(data)
+        if self.count > self._limit:
+            raise ResourceLimitError(
+                f"decompressed output exceeds the manifest's declared total ({self._limit} "
+                "bytes with tar headers)",
+                member=OUTER_PAYLOAD,
+            )
+        return data
+
+    def read_exact(self, n: int, member: str) -> bytes:
+        parts = []
+        remaining = n
+        while remaining:
+            chunk = self.read(min(remaining, CHUNK))
+            if not chunk:
+                raise IntegrityError("payload tar ends inside a member", member=member)
+            parts.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(parts)
+
+
+class PayloadReader:
+    """Yields (header, chunks) for each member of the decompressed payload tar.
+
+    Only call this after the payload's sha256 matched the signed manifest. ``limit`` bounds
+    the decompressed bytes (file data plus tar framing the manifest implies).
+    """
+
+    def __init__(
+        self, f: BinaryIO, offset: int, size: int, limit: int, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        self._region = _Region(f, offset, size)
+        dctx = zstandard.ZstdDecompressor(max_window_size=limits.max_window_bytes)
+        raw = dctx.stream_reader(
+            cast(BinaryIO, self._region), read_size=CHUNK, read_across_frames=True, closefd=False
+        )
+        self._src = _Bounded(raw, limit)
+        self._offset = 0
+
+    def members(self) -> Iterator[tuple[Header, Iterator[bytes]]]:
+        """Each member's header and a generator of its data; consume it before the next."""
+        while True:
+            block = self._src.read_exact(BLOCK, "payload")
+            if block == b"\x00" * BLOCK:
+                second = self._src.read_exact(BLOCK, "payload")
+                if second != b"\x00" * BLOCK:
+                    raise IntegrityError("malformed end-of-archive marker", member="payload")
+                if self._src.read(1):
+                    raise IntegrityError(
+                        "extra data after the end of the payload tar", member="payload"
+                    )
+                return
+            header = parse_header(block, self._offset)
+            self._offset += BLOCK
+            yield header, self._data(header)
+            self._offset += header.size + _padding(header.size)
+
+    def _data(self, header: Header) -> Iterator[bytes]:
+        remaining = header.size
+        while remaining:
+            chunk = self._src.read(min(CHUNK, remaining))
+            if not chunk:
+                raise IntegrityError("payload tar ends inside this member", member=header.name)
+            remaining -= len(chunk)
+            yield chunk
+        pad = _padding(header.size)
+        if pad and self._src.read_exact(pad, header.name).count(0) != pad:
+            raise IntegrityError("non-zero padding after member data", member=header.name)
+
+    def finish(self, expected_sha256: str) -> None:
+        """Hash any compressed bytes left unread, then compare with the signed digest.
+
+        Raises:
+            IntegrityError: the payload changed since it was first hashed.
+        """
+        while self._region.read(CHUNK):
+            pass
+        if self._region.sha256.hexdigest() != expected_sha256:
+            raise IntegrityError(
+                "payload changed while it was being read",
+                member=OUTER_PAYLOAD,
+                remedy="make sure nothing writes to the bundle file during unpack",
+            )
+
+
+def decompressed_limit(unpacked_size: int, file_count: int) -> int:
+    """The most decompressed bytes a payload with these declared totals can produce."""
+    return unpacked_size + file_count * (2 * BLOCK - 1) + 2 * BLOCK

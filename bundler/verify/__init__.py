@@ -1,0 +1,1 @@
+"""The isolated side's trust decisions and safe unpacking."""

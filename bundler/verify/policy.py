@@ -1,0 +1,163 @@
+"""Pure trust decisions: signature, manifest, expiry, rollback and per-member rules. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from packaging.version import InvalidVersion, Version
+
+from ..errors import (
+    BundleError,
+    ExpiredError,
+    IntegrityError,
+    RollbackError,
+    SignatureError,
+    UnsafeMemberError,
+)
+from ..formats.archive import Header
+from ..formats.limits import DEFAULT_LIMITS, Limits
+from ..formats.manifest import FileEntry, Manifest, check_member_name, fold_name, parse_manifest
+from ..formats.manifest import peek_signer as _peek_signer
+from ..formats.signing import TrustedKey, verify_signature
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A manifest whose signature verified with ``key``, and which passed every policy."""
+
+    manifest: Manifest
+    key: TrustedKey
+    manifest_bytes: bytes
+    signature: bytes
+
+
+def _claimed_signer(manifest_bytes: bytes, limits: Limits) -> str | None:
+    # Only for the error message: which key the untrusted manifest says signed it.
+    try:
+        return _peek_signer(manifest_bytes, limits)
+    except BundleError:
+        return None
+
+
+def verify_manifest(
+    manifest_bytes: bytes,
+    signature: bytes,
+    trusted: Iterable[TrustedKey],
+    *,
+    now: int,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Verified:
+    """Check the signature first, then parse; refuse a bundle past its expiry.
+
+    The signature is checked over the raw bytes before any field is trusted; the key comes
+    from ``trusted`` only.
+
+    Raises:
+        SignatureError, ManifestError, UnsafeMemberError, ResourceLimitError, ExpiredError.
+    """
+    keys = list(trusted)
+    try:
+        key = verify_signature(manifest_bytes, signature, keys, claimed_signer=None)
+    except SignatureError:
+        claimed = _claimed_signer(manifest_bytes, limits)
+        verify_signature(manifest_bytes, signature, keys, claimed_signer=claimed)
+        raise
+    manifest = parse_manifest(manifest_bytes, limits)
+    if manifest.signer != key.key_id:
+        raise SignatureError(
+            f"manifest names signer {manifest.signer[:16]}... but was signed by "
+            f"{key.key_id[:16]}...",
+            member="manifest.json",
+        )
+    if manifest.expires is not None and now > manifest.expires:
+        raise ExpiredError(
+            f"expired at {manifest.expires} (now {now}, epoch seconds)",
+            member="manifest.json",
+            remedy="ask the publisher for a fresh bundle",
+        )
+    return Verified(manifest=manifest, key=key, manifest_bytes=manifest_bytes, signature=signature)
+
+
+def _version_key(version: str) -> Version | None:
+    try:
+        return Version(version)
+    except InvalidVersion:
+        return None
+
+
+def check_rollback(new: Manifest, installed: Manifest | None, *, allow_downgrade: bool) -> None:
+    """Refuse to replace an installed bundle of the same name with an older one.
+
+    Versions compare as PEP 440 versions; when either is not one, creation times decide.
+
+    Raises:
+        RollbackError: ``new`` is older and ``allow_downgrade`` is false.
+    """
+    if installed is None or allow_downgrade:
+        return
+    new_v, old_v = _version_key(new.version), _version_key(installed.version)
+    if new_v is not None and old_v is not None:
+        older = new_v < old_v
+    else:
+        older = new.version != installed.version and new.created < installed.created
+    if older:
+        raise RollbackError(
+            f"bundle {new.name} {new.version} is older than {installed.name} "
+            f"{installed.version} already unpacked here",
+            member="manifest.json",
+            remedy="pass --allow-downgrade if the older version is intended",
+        )
+
+
+@dataclass
+class MemberTracker:
+    """Matches payload members against the signed file list, one header at a time."""
+
+    expected: Mapping[str, FileEntry]
+    limits: Limits = DEFAULT_LIMITS
+    seen: dict[str, str] = field(default_factory=dict)  # folded name -> name
+
+    def admit(self, header: Header) -> FileEntry:
+        """The manifest entry for this member, if the member may be written at all.
+
+        Raises:
+            UnsafeMemberError: unsafe name, duplicate or case-fold collision.
+            IntegrityError: a member the manifest does not list, or whose size or mode differ.
+        """
+        check_member_name(header.name, self.limits)
+        folded = fold_name(header.name)
+        if folded in self.seen:
+            if self.seen[folded] == header.name:
+                raise UnsafeMemberError("duplicate member", member=header.name)
+            raise UnsafeMemberError(
+                f"collides with {self.seen[folded]!r} when case-folded", member=header.name
+            )
+        entry = self.expected.get(header.name)
+        if entry is None:
+            raise IntegrityError("extra member not listed in the manifest", member=header.name)
+        self.seen[folded] = header.name
+        if header.size != entry.size:
+            raise IntegrityError(
+                f"size {header.size} differs from the manifest's {entry.size}",
+                member=header.name,
+            )
+        if header.mode != entry.mode:
+            raise IntegrityError(
+                f"mode {header.mode:o} differs from the manifest's {entry.mode:o}",
+                member=header.name,
+            )
+        return entry
+
+    @staticmethod
+    def check_content(entry: FileEntry, sha256: str) -> None:
+        """Raises IntegrityError when the member's bytes differ from the manifest."""
+        if sha256 != entry.sha256:
+            raise IntegrityError("content differs from the manifest's sha256", member=entry.path)
+
+    def finish(self) -> None:
+        """Raises IntegrityError naming the first listed file that never appeared."""
+        missing = sorted(set(self.expected) - set(self.seen.values()))
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise IntegrityError(f"listed in the manifest but missing{more}", member=missing[0])

@@ -1,0 +1,105 @@
+"""Re-check an unpacked tree against the signed manifest it was unpacked from."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+from ..errors import BundleError, TreeModifiedError
+from ..formats.archive import CHUNK
+from ..formats.limits import DEFAULT_LIMITS, Limits
+from ..formats.manifest import FileEntry, Manifest
+from ..formats.signing import load_trusted_keys
+from ..layout import STATE_DIR, STATE_MANIFEST, STATE_SIGNATURE, STATE_SIGNER
+from .policy import verify_manifest
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_unpacked(
+    dest: Path,
+    *,
+    trust: Sequence[Path] | None = None,
+    roots: Collection[str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Manifest:
+    """Verify DEST's stored manifest, then every file under ``roots`` against it.
+
+    With ``trust``, the stored manifest must verify with those keys; without it, with the key
+    that verified it at unpack time (``.airgap/signer.pub``), which catches accidental and
+    partial edits but not an attacker who can rewrite all of DEST. Expiry is not re-checked:
+    a bundle that was valid when unpacked keeps running. Extra files are refused too, since
+    an added ``.pth`` or ``__pycache__`` file would run code.
+
+    Raises:
+        TreeModifiedError: a file is changed, missing or extra, or is not a regular file.
+        BundleError: DEST was not made by `airgap unpack`.
+        SignatureError and other BundleRejected: the stored manifest does not verify.
+    """
+    try:
+        manifest_bytes = (dest / STATE_MANIFEST).read_bytes()
+        signature = (dest / STATE_SIGNATURE).read_bytes()
+    except OSError as e:
+        raise BundleError(
+            f"{dest} has no unpacked bundle ({e.strerror}: {e.filename})",
+            remedy="unpack one there first: airgap unpack BUNDLE DEST --trust KEY",
+        ) from e
+    keys = load_trusted_keys(list(trust) if trust else [dest / STATE_SIGNER])
+    # now=0: expiry is a property of the bundle at unpack time, not of every later start.
+    manifest = verify_manifest(manifest_bytes, signature, keys, now=0, limits=limits).manifest
+    wanted = {
+        f.path: f for f in manifest.files if roots is None or f.path.split("/", 1)[0] in roots
+    }
+    tops = set(roots) if roots is not None else {f.path.split("/", 1)[0] for f in manifest.files}
+    seen: set[str] = set()
+    for top in sorted(tops):
+        for dirpath, dirnames, filenames in os.walk(dest / top):
+            rel_dir = Path(dirpath).relative_to(dest).as_posix()
+            if rel_dir == STATE_DIR:
+                continue
+            dirnames.sort()
+            for name in [*dirnames]:
+                if (Path(dirpath) / name).is_symlink():
+                    raise TreeModifiedError("symbolic link added", member=f"{rel_dir}/{name}")
+            for name in sorted(filenames):
+                rel = f"{rel_dir}/{name}"
+                _check_file(dest, rel, wanted.get(rel))
+                seen.add(rel)
+    missing = sorted(set(wanted) - seen)
+    if missing:
+        raise TreeModifiedError(
+            "file missing since unpack", member=missing[0], remedy="unpack the bundle again"
+        )
+    return manifest
+
+
+def _check_file(dest: Path, rel: str, entry: FileEntry | None) -> None:
+    path = dest / rel
+    if entry is None:
+        raise TreeModifiedError(
+            "file added since unpack", member=rel, remedy="remove it, or unpack the bundle again"
+        )
+    st = path.lstat()
+    if not stat.S_ISREG(st.st_mode):
+        raise TreeModifiedError(
+            "no longer a regular file", member=rel, remedy="unpack the bundle again"
+        )
+    if stat.S_IMODE(st.st_mode) != entry.mode:
+        raise TreeModifiedError(
+            f"mode {stat.S_IMODE(st.st_mode):o} differs from the manifest's {entry.mode:o}",
+            member=rel,
+            remedy="unpack the bundle again",
+        )
+    if st.st_size != entry.size or _sha256_file(path) != entry.sha256:
+        raise TreeModifiedError(
+            "file changed since unpack", member=rel, remedy="unpack the bundle again"
+        )

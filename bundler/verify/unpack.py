@@ -1,0 +1,326 @@
+"""Verify a bundle and install it: staging beside DEST, writing, syncing, atomic rename."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from ..errors import BundleError, IntegrityError
+from ..formats.archive import (
+    OuterBundle,
+    PayloadReader,
+    decompressed_limit,
+    hash_region,
+    read_outer,
+)
+from ..formats.limits import DEFAULT_LIMITS, Limits
+from ..formats.manifest import FileEntry, Manifest, parse_manifest
+from ..formats.signing import load_trusted_keys, public_key_pem
+from ..layout import OUTER_PAYLOAD, STATE_DIR, STATE_MANIFEST, STATE_SIGNATURE, STATE_SIGNER
+from ..progress import NullProgress, Progress
+from .policy import MemberTracker, Verified, check_rollback, verify_manifest
+
+_STAGE_TAG: Final = ".airgap-stage-"
+_RENAME_EXCHANGE: Final = 2
+_AT_FDCWD: Final = -100
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A bundle whose manifest verified and whose payload hash matched."""
+
+    verified: Verified
+    outer: OuterBundle
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.verified.manifest
+
+
+def _open_checked(
+    f: BinaryIO, trust: Sequence[Path], now: int, limits: Limits, progress: Progress
+) -> Opened:
+    """Signature, manifest and payload hash: everything before decompressing a byte."""
+    keys = load_trusted_keys(trust)
+    outer = read_outer(f, limits)
+    verified = verify_manifest(outer.manifest, outer.signature, keys, now=now, limits=limits)
+    info = verified.manifest.payload
+    if outer.payload_size != info.size:
+        raise IntegrityError(
+            f"payload is {outer.payload_size} bytes, the manifest says {info.size} "
+            "(truncated or extended)",
+            member=OUTER_PAYLOAD,
+        )
+    progress.start("hashing payload", outer.payload_size)
+    if hash_region(f, outer.payload_offset, outer.payload_size) != info.sha256:
+        raise IntegrityError("sha256 differs from the signed manifest", member=OUTER_PAYLOAD)
+    progress.finish()
+    return Opened(verified=verified, outer=outer)
+
+
+def _members(
+    f: BinaryIO, opened: Opened, limits: Limits
+) -> Iterator[tuple[FileEntry, Iterator[bytes]]]:
+    """Every payload member, admitted against the manifest, with its data chunks.
+
+    The caller must hash the chunks and call ``MemberTracker.check_content``; after the last
+    member this checks that nothing is missing and the compressed bytes did not change.
+    """
+    manifest = opened.manifest
+    tracker = MemberTracker(expected=manifest.file_map(), limits=limits)
+    limit = decompressed_limit(manifest.payload.unpacked_size, manifest.payload.file_count)
+    reader = PayloadReader(f, opened.outer.payload_offset, opened.outer.payload_size, limit, limits)
+    for header, chunks in reader.members():
+        yield tracker.admit(header), chunks
+    tracker.finish()
+    reader.finish(manifest.payload.sha256)
+
+
+def _now(now: int | None) -> int:
+    return int(time.time()) if now is None else now
+
+
+def _open_bundle(bundle: Path) -> BinaryIO:
+    try:
+        return bundle.open("rb")
+    except OSError as e:
+        raise BundleError(f"cannot read bundle {bundle}: {e.strerror}") from e
+
+
+def open_verified(
+    bundle: Path,
+    trust: Sequence[Path],
+    *,
+    now: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Verified:
+    """Verify the signature, the manifest and the payload hash; decompress nothing.
+
+    Raises:
+        BundleRejected subclasses (exit 3) for every failed check.
+    """
+    with _open_bundle(bundle) as f:
+        return _open_checked(f, trust, _now(now), limits, NullProgress()).verified
+
+
+def verify(
+    bundle: Path,
+    trust: Sequence[Path],
+    *,
+    now: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+) -> Verified:
+    """Full verification of every check `unpack` makes; writes nothing.
+
+    Raises:
+        BundleRejected subclasses (exit 3) for every failed check.
+    """
+    progress = progress or NullProgress()
+    with _open_bundle(bundle) as f:
+        opened = _open_checked(f, trust, _now(now), limits, progress)
+        progress.start("verifying files", opened.manifest.payload.unpacked_size)
+        for entry, chunks in _members(f, opened, limits):
+            digest = hashlib.sha256()
+            for chunk in chunks:
+                digest.update(chunk)
+                progress.advance(len(chunk))
+            MemberTracker.check_content(entry, digest.hexdigest())
+        progress.finish()
+        return opened.verified
+
+
+# ---- unpacking --------------------------------------------------------------------------
+
+
+def read_installed(dest: Path, limits: Limits = DEFAULT_LIMITS) -> Manifest | None:
+    """The manifest of the bundle already unpacked at ``dest``, or None if there is none."""
+    path = dest / STATE_MANIFEST
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise BundleError(f"cannot read {path}: {e.strerror}") from e
+    try:
+        return parse_manifest(data, limits)
+    except BundleError as e:
+        raise BundleError(
+            f"{path} is not a valid manifest ({e.message})",
+            remedy=f"remove {dest} if it is not needed, then unpack again",
+        ) from e
+
+
+@contextlib.contextmanager
+def _locked(parent: Path) -> Iterator[None]:
+    """An exclusive lock on DEST's parent folder, so two unpacks never interleave."""
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _clean_stale_stages(dest: Path) -> None:
+    # Holding the lock, any stage for this DEST is left over from a killed run.
+    for stale in dest.parent.glob(f".{dest.name}{_STAGE_TAG}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the staged tree to disk once (cheaper than fsync per file, same guarantee)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    except (OSError, AttributeError):
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+class _Stage:
+    """Writes verified members into a fresh staging folder that only we have touched."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._dirs: set[str] = {""}
+
+    def _mkdirs(self, rel_dir: str) -> None:
+        if rel_dir in self._dirs:
+            return
+        parent = rel_dir.rpartition("/")[0]
+        self._mkdirs(parent)
+        path = self.root / rel_dir
+        os.mkdir(path, 0o755)
+        os.chmod(path, 0o755)  # independent of the umask
+        self._dirs.add(rel_dir)
+
+    def write(self, entry: FileEntry, chunks: Iterator[bytes], progress: Progress) -> None:
+        self._mkdirs(entry.path.rpartition("/")[0])
+        # O_EXCL and O_NOFOLLOW: the path must be new; nothing can redirect the write.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.root / entry.path, flags, 0o600)
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            for chunk in chunks:
+                digest.update(chunk)
+                out.write(chunk)
+                progress.advance(len(chunk))
+            os.fchmod(out.fileno(), entry.mode)
+        MemberTracker.check_content(entry, digest.hexdigest())
+
+    def write_state(self, verified: Verified) -> None:
+        self._mkdirs(STATE_DIR)
+        for rel, data in (
+            (STATE_MANIFEST, verified.manifest_bytes),
+            (STATE_SIGNATURE, verified.signature),
+            (STATE_SIGNER, public_key_pem(verified.key.public)),
+        ):
+            path = self.root / rel
+            path.write_bytes(data)
+            os.chmod(path, 0o644)
+
+
+def unpack(
+    bundle: Path,
+    dest: Path,
+    trust: Sequence[Path],
+    *,
+    allow_downgrade: bool = False,
+    now: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+) -> Verified:
+    """Verify ``bundle`` and install its payload at ``dest``, all or nothing.
+
+    Members are written into a staging folder beside ``dest`` (same filesystem), synced, and
+    swapped in with one rename; on any failure the stage is removed and ``dest`` is exactly as
+    it was. A stage left by a killed run is removed by the next run.
+
+    Raises:
+        BundleRejected subclasses (exit 3): any failed check, including rollback.
+        BundleError: ``dest`` cannot be written, or is a folder airgap did not make.
+    """
+    progress = progress or NullProgress()
+    dest = Path(os.path.abspath(dest))
+    parent = dest.parent
+    if not parent.is_dir():
+        raise BundleError(f"{parent} does not exist", remedy=f"create it: mkdir -p {parent}")
+    if dest.exists() and not dest.is_dir():
+        raise BundleError(f"{dest} exists and is not a folder")
+    with _locked(parent):
+        _clean_stale_stages(dest)
+        installed = read_installed(dest, limits) if dest.exists() else None
+        if dest.exists() and installed is None and any(dest.iterdir()):
+            raise BundleError(
+                f"{dest} is not empty and was not made by `airgap unpack`",
+                remedy="choose a new or empty destination folder",
+            )
+        with _open_bundle(bundle) as f:
+            opened = _open_checked(f, trust, _now(now), limits, progress)
+            if installed is not None and installed.name == opened.manifest.name:
+                check_rollback(opened.manifest, installed, allow_downgrade=allow_downgrade)
+            stage_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_STAGE_TAG}", dir=parent))
+            try:
+                os.chmod(stage_root, 0o755)
+                stage = _Stage(stage_root)
+                progress.start("unpacking", opened.manifest.payload.unpacked_size)
+                for entry, chunks in _members(f, opened, limits):
+                    stage.write(entry, chunks, progress)
+                progress.finish()
+                stage.write_state(opened.verified)
+                _syncfs(stage_root)
+                _install(stage_root, dest)
+            except OSError as e:
+                raise BundleError(f"cannot write under {parent}: {e.strerror}") from e
+            finally:
+                shutil.rmtree(stage_root, ignore_errors=True)
+        return opened.verified
+
+
+def _install(stage_root: Path, dest: Path) -> None:
+    """Swap the stage in; the old tree ends up at the stage path, which the caller removes."""
+    if dest.exists():
+        if not _exchange(stage_root, dest):
+            # Without RENAME_EXCHANGE there is a moment with no DEST, never a half-written one.
+            aside = stage_root.with_name(stage_root.name + "-old")
+            os.rename(dest, aside)
+            os.rename(stage_root, dest)
+            os.rename(aside, stage_root)
+    else:
+        os.rename(stage_root, dest)
+    fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
