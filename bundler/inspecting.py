@@ -1,0 +1,22 @@
+"""Read a bundle's manifest without verifying it, for `airgap inspect`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import BundleError
+from .formats.archive import read_outer
+from .formats.manifest import Manifest, parse_manifest
+
+
+def read_manifest_unverified(bundle: Path) -> Manifest:
+    """The manifest, strictly parsed but NOT signature-checked; reads no payload byte.
+
+    Raises:
+        BundleError: the file cannot be read; BundleRejected subclasses: malformed bundle.
+    """
+    try:
+        with bundle.open("rb") as f:
+            return parse_manifest(read_outer(f).manifest)
+    except OSError as e:
+        raise BundleError(f"cannot read bundle {bundle}: {e.strerror}") from e

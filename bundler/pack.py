@@ -1,0 +1,208 @@
+"""The online side: turn a project folder into a signed bundle (orchestration only)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .assemble import BundleMeta, SourceFile, collect_tree, normal_mode, write_bundle
+from .errors import ProjectError
+from .formats import manifest as mf
+from .formats.signing import load_private_key
+from .layout import (
+    APP_DIR,
+    BASE_IMAGE_TAR,
+    DOCKERFILE,
+    DOCKERFILE_BAKED,
+    MODEL_DIR,
+    RUNTIME_DIR,
+    RUNTIME_LIB,
+    RUNTIME_PACKAGE,
+    SITE_DIR,
+    WHEELS_DIR,
+    WHEELS_REQUIREMENTS,
+)
+from .lock import for_target, parse_lock, render_lock
+from .progress import NullProgress, Progress
+from .project import Project, load_project
+from .sitetree import build_site_tree
+from .target import Target
+from .wheels import fetch_wheels
+
+RUNTIME_SOURCE = Path(__file__).parent / "runtime"
+RUNTIME_LOCK = RUNTIME_SOURCE / "requirements.lock"
+
+
+def source_date_epoch(environ: dict[str, str] | None = None) -> int:
+    """The bundle's creation time: SOURCE_DATE_EPOCH when set (reproducible), else now.
+
+    Raises:
+        ProjectError: SOURCE_DATE_EPOCH is set but is not a non-negative integer.
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("SOURCE_DATE_EPOCH")
+    if raw is None or raw == "":
+        return int(time.time())
+    if not raw.isdigit():
+        raise ProjectError(
+            f"SOURCE_DATE_EPOCH={raw!r} is not a whole number of seconds",
+            remedy="set it to e.g. $(git log -1 --format=%ct), or unset it",
+        )
+    return int(raw)
+
+
+def runtime_sources() -> list[SourceFile]:
+    """The scoring runtime's own files, as ``runtime/airgap_runtime/*.py``."""
+    return [
+        SourceFile(f"{RUNTIME_DIR}/{RUNTIME_PACKAGE}/{p.name}", p.read_bytes(), 0o644)
+        for p in sorted(RUNTIME_SOURCE.glob("*.py"))
+    ]
+
+
+def _app_files(project: Project) -> list[SourceFile]:
+    files: list[SourceFile] = []
+    entry = project.entry_script
+    if project.source_dir is not None:
+        files.extend(collect_tree(project.source_dir, APP_DIR))
+    names = {f.path for f in files}
+    entry_path = f"{APP_DIR}/{entry.name}"
+    if entry_path not in names:
+        files.append(SourceFile(entry_path, entry, normal_mode(entry.stat().st_mode)))
+    return files
+
+
+def _model_files(project: Project) -> list[SourceFile]:
+    model = project.model
+    if model.is_dir():
+        files = collect_tree(model, MODEL_DIR)
+        if not files:
+            raise ProjectError(f"model folder {model} is empty")
+        return files
+    return [SourceFile(f"{MODEL_DIR}/{model.name}", model, 0o644)]
+
+
+def _to_manifest_target(target: Target) -> mf.Target:
+    return mf.Target(
+        python=target.python,
+        implementation=target.implementation,
+        abi=target.abi,
+        platforms=target.platforms,
+    )
+
+
+def _base_image(
+    project: Project, include: bool, workdir: Path
+) -> tuple[mf.BaseImage | None, list[SourceFile]]:
+    """Pin the base image by the local engine's image ID; save it when asked to carry it."""
+    if project.base_image is None:
+        if include:
+            raise ProjectError(
+                "--include-base-image given but bundle.toml names no base_image",
+                remedy="add base_image = \"name:tag\" to bundle.toml",
+            )
+        return None, []
+    from .engine import resolve_base_image, save_image
+
+    digest = resolve_base_image(project.base_image, required=include)
+    if not include:
+        return mf.BaseImage(ref=project.base_image, digest=digest, included=False), []
+    tar = workdir / "base-image.tar"
+    save_image(project.base_image, tar)
+    return (
+        mf.BaseImage(ref=project.base_image, digest=digest, included=True),
+        [SourceFile(BASE_IMAGE_TAR, tar, 0o644)],
+    )
+
+
+def _dockerfiles(project: Project, base: mf.BaseImage | None, created: int) -> list[SourceFile]:
+    if base is None:
+        return []
+    from .dockerfile import DockerfileSpec, render_dockerfile
+
+    spec = DockerfileSpec(
+        base_ref=base.ref,
+        base_digest=base.digest,
+        name=project.name,
+        version=project.version,
+        created=created,
+        entry_script=f"{APP_DIR}/{project.entry_script.name}",
+        env=dict(project.env),
+    )
+    return [
+        SourceFile(DOCKERFILE, render_dockerfile(spec, baked=False).encode(), 0o644),
+        SourceFile(DOCKERFILE_BAKED, render_dockerfile(spec, baked=True).encode(), 0o644),
+    ]
+
+
+def pack(
+    project_dir: Path,
+    out: Path,
+    key: Path,
+    *,
+    passphrase: bytes | None = None,
+    level: int = 3,
+    threads: int = 0,
+    include_base_image: bool = False,
+    include_wheels: bool = False,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> mf.Manifest:
+    """Build the bundle for the project in ``project_dir`` and write it to ``out``.
+
+    Raises:
+        ProjectError, LockError, DownloadError, SiteTreeError, KeyFileError,
+        EngineUnavailableError (only with ``include_base_image``), BundleError.
+    """
+    progress = progress or NullProgress()
+    project = load_project(project_dir)
+    private_key = load_private_key(key, passphrase)  # fail before any download
+    created = source_date_epoch()
+    target = project.target
+    reqs = for_target(parse_lock(project.lock), target)
+    runtime_reqs = for_target(parse_lock(RUNTIME_LOCK), target)
+    with tempfile.TemporaryDirectory(prefix="airgap-pack-") as tmp:
+        work = Path(tmp)
+        wheels = fetch_wheels(reqs, target, cache_dir=cache_dir, progress=progress)
+        runtime_wheels = fetch_wheels(runtime_reqs, target, cache_dir=cache_dir,
+                                      progress=progress)
+        progress.start("building site-packages", len(wheels) + len(runtime_wheels))
+        installed = build_site_tree(wheels, target, work / "site")
+        progress.advance(len(wheels))
+        build_site_tree(runtime_wheels, target, work / "runtime-lib")
+        progress.advance(len(runtime_wheels))
+        progress.finish()
+        base, base_files = _base_image(project, include_base_image, work)
+        files: list[SourceFile] = [
+            *_app_files(project),
+            *_model_files(project),
+            *collect_tree(work / "site", SITE_DIR, skip_pycache=False),
+            *runtime_sources(),
+            *collect_tree(work / "runtime-lib", RUNTIME_LIB, skip_pycache=False),
+            *_dockerfiles(project, base, created),
+            *base_files,
+        ]
+        if project.mode == "dynamic" or include_wheels:
+            files.extend(_wheel_files(wheels, render_lock(reqs)))
+        meta = BundleMeta(
+            name=project.name,
+            version=project.version,
+            created=created,
+            expires=project.expires_at(created),
+            target=_to_manifest_target(target),
+            entry_script=f"{APP_DIR}/{project.entry_script.name}",
+            mode=project.mode,
+            env=dict(project.env),
+            packages=tuple(mf.Package(name=n, version=v) for n, v in sorted(installed)),
+            base_image=base,
+        )
+        return write_bundle(out, files, meta, private_key, level=level, threads=threads,
+                            progress=progress)
+
+
+def _wheel_files(wheels: Sequence[Path], requirements: str) -> list[SourceFile]:
+    files = [SourceFile(f"{WHEELS_DIR}/{w.name}", w, 0o644) for w in wheels]
+    files.append(SourceFile(WHEELS_REQUIREMENTS, requirements.encode(), 0o644))
+    return files
