@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Final, cast
@@ -419,16 +421,74 @@ class _Bounded:
             )
         return data
 
+
+
+class _Prefetch:
+    """Decompresses ahead in a background thread, so decompression overlaps with hashing
+    and writing (zstd, hashlib and file writes all release the GIL).
+
+    At most ``depth`` chunks wait in the queue, so memory stays bounded; an error raised
+    while decompressing (a limit, a corrupt frame) is re-raised to the reader in order.
+    """
+
+    def __init__(self, source: _Bounded, depth: int = 8) -> None:
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._buffer = memoryview(b"")
+        self._eof = False
+        self._thread = threading.Thread(
+            target=self._run, args=(source,), name="airgap-decompress", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, source: _Bounded) -> None:
+        item: bytes | BaseException
+        while not self._stop.is_set():
+            try:
+                item = source.read(CHUNK)
+            except BaseException as e:  # forwarded to the reader, which re-raises it
+                item = e
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; b"" at the end of the stream."""
+        if not self._buffer:
+            if self._eof:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+                return b""
+            self._buffer = memoryview(item)
+        data = bytes(self._buffer[:n])
+        self._buffer = self._buffer[n:]
+        return data
+
     def read_exact(self, n: int, member: str) -> bytes:
         parts = []
         remaining = n
         while remaining:
-            chunk = self.read(min(remaining, CHUNK))
+            chunk = self.read(remaining)
             if not chunk:
                 raise IntegrityError("payload tar ends inside a member", member=member)
             parts.append(chunk)
             remaining -= len(chunk)
         return b"".join(parts)
+
+    def close(self) -> None:
+        """Stop the thread (also after an error); waits for it to finish."""
+        self._stop.set()
+        self._thread.join()
 
 
 class PayloadReader:
@@ -446,26 +506,30 @@ class PayloadReader:
         raw = dctx.stream_reader(
             cast(BinaryIO, self._region), read_size=CHUNK, read_across_frames=True, closefd=False
         )
-        self._src = _Bounded(raw, limit)
+        self._src = _Prefetch(_Bounded(raw, limit))
         self._offset = 0
 
     def members(self) -> Iterator[tuple[Header, Iterator[bytes]]]:
         """Each member's header and a generator of its data; consume it before the next."""
-        while True:
-            block = self._src.read_exact(BLOCK, "payload")
-            if block == b"\x00" * BLOCK:
-                second = self._src.read_exact(BLOCK, "payload")
-                if second != b"\x00" * BLOCK:
-                    raise IntegrityError("malformed end-of-archive marker", member="payload")
-                if self._src.read(1):
-                    raise IntegrityError(
-                        "extra data after the end of the payload tar", member="payload"
-                    )
-                return
-            header = parse_header(block, self._offset)
-            self._offset += BLOCK
-            yield header, self._data(header)
-            self._offset += header.size + _padding(header.size)
+        try:
+            while True:
+                block = self._src.read_exact(BLOCK, "payload")
+                if block == b"\x00" * BLOCK:
+                    second = self._src.read_exact(BLOCK, "payload")
+                    if second != b"\x00" * BLOCK:
+                        raise IntegrityError("malformed end-of-archive marker", member="payload")
+                    if self._src.read(1):
+                        raise IntegrityError(
+                            "extra data after the end of the payload tar", member="payload"
+                        )
+                    return
+                header = parse_header(block, self._offset)
+                self._offset += BLOCK
+                yield header, self._data(header)
+                self._offset += header.size + _padding(header.size)
+        finally:
+            # Also on an error or an abandoned generator: the decompressing thread stops.
+            self._src.close()
 
     def _data(self, header: Header) -> Iterator[bytes]:
         remaining = header.size

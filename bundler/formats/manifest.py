@@ -17,6 +17,7 @@ FORMAT: Final = "airgap-bundle/1"
 _SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 _KEY_ID_RE: Final = _SHA256_RE
 _DIGEST_RE: Final = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 # Only the permission bits our packer writes; setuid/setgid/sticky and anything odd is refused.
 ALLOWED_MODES: Final = frozenset({0o644, 0o755})
 # ustar stores names in 100 + 155 bytes; we never emit GNU or pax long-name records.
@@ -237,7 +238,7 @@ def check_member_name(path: str, limits: Limits = DEFAULT_LIMITS) -> None:
     if not path:
         raise UnsafeMemberError("empty member name", member="''")
     shown = path if len(path) <= 200 else path[:200] + "..."
-    if "\x00" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    if _CONTROL_RE.search(path):
         raise UnsafeMemberError("control character in name", member=repr(shown))
     if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
         raise UnsafeMemberError("absolute path", member=shown)
