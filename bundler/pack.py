@@ -15,8 +15,6 @@ from .formats.signing import load_private_key
 from .layout import (
     APP_DIR,
     BASE_IMAGE_TAR,
-    DOCKERFILE,
-    DOCKERFILE_BAKED,
     MODEL_DIR,
     RUNTIME_DIR,
     RUNTIME_LIB,
@@ -110,7 +108,7 @@ def _base_image(
     if not include:
         return mf.BaseImage(ref=project.base_image, digest=digest, included=False), []
     tar = workdir / "base-image.tar"
-    save_image(project.base_image, tar)
+    save_image(project.base_image, tar, digest=digest)
     return (
         mf.BaseImage(ref=project.base_image, digest=digest, included=True),
         [SourceFile(BASE_IMAGE_TAR, tar, 0o644)],
@@ -120,7 +118,7 @@ def _base_image(
 def _dockerfiles(project: Project, base: mf.BaseImage | None, created: int) -> list[SourceFile]:
     if base is None:
         return []
-    from .dockerfile import DockerfileSpec, render_dockerfile
+    from .dockerfile import DockerfileSpec, render_dockerfiles
 
     spec = DockerfileSpec(
         base_ref=base.ref,
@@ -131,10 +129,7 @@ def _dockerfiles(project: Project, base: mf.BaseImage | None, created: int) -> l
         entry_script=f"{APP_DIR}/{project.entry_script.name}",
         env=dict(project.env),
     )
-    return [
-        SourceFile(DOCKERFILE, render_dockerfile(spec, baked=False).encode(), 0o644),
-        SourceFile(DOCKERFILE_BAKED, render_dockerfile(spec, baked=True).encode(), 0o644),
-    ]
+    return [SourceFile(path, data, 0o644) for path, data in render_dockerfiles(spec).items()]
 
 
 def pack(
