@@ -76,6 +76,350 @@ def cli() -> None:
 # ---- commands are registered below; each body is one library call wrapped in _funnel ----
 
 
+# ---- lock (bundler/lock.py) --------------------------------------------------------------
+
+
+@cli.command("lock")
+@click.argument("requirements_in", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Where to write the lock (default: requirements.lock beside REQUIREMENTS_IN).",
+)
+@click.option("--upgrade", is_flag=True, help="Re-resolve to the newest allowed versions.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for automation.")
+@_funnel
+def lock_cmd(requirements_in: Path, output: Path | None, upgrade: bool, as_json: bool) -> None:
+    """Resolve REQUIREMENTS_IN into a hashed lock with pip-tools (pip-compile).
+
+    Every package is pinned with == and carries the sha256 hash of each of its files,
+    which is what `airgap pack` requires. Resolution is for this interpreter's Python
+    version; the index comes from pip's configuration.
+
+    \b
+    Example:
+        airgap lock requirements.in -o requirements.lock
+    """
+    from .lock import compile_lock
+
+    out = output if output is not None else requirements_in.with_name("requirements.lock")
+    reqs = compile_lock(requirements_in, out, upgrade=upgrade)
+    if as_json:
+        emit_json(
+            {
+                "ok": True,
+                "output": str(out),
+                "packages": [
+                    {"name": r.name, "version": r.version, "hashes": len(r.hashes)} for r in reqs
+                ],
+            }
+        )
+        return
+    click.echo(f"wrote {out}: {len(reqs)} packages, each pinned and hashed")
+
+
+# ---- local runner: serve (bundler/local.py) -----------------------------------------------
+
+
+@cli.command("serve")
+@click.argument("dest", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option(
+    "-p",
+    "--port",
+    default=5001,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="TCP port of the scoring server.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0: every interface).",
+)
+@click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    envvar="AIRGAP_TRUST",
+    help="Re-check DEST against this trusted key (repeatable; default: the key that "
+    "verified it at unpack).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line once healthy.")
+@_funnel
+def serve_cmd(dest: Path, port: int, host: str, trust: tuple[Path, ...], as_json: bool) -> None:
+    """Serve an unpacked bundle locally, without Docker (isolated side).
+
+    \b
+    Example:
+      airgap serve /srv/iris --port 5001      # Ctrl-C stops it
+      curl -d '{"data": [[5.1, 3.5, 1.4, 0.2]]}' http://127.0.0.1:5001/score
+    DEST is re-checked against its signed manifest first (exit 3 if changed). The
+    server runs in a virtualenv cached in DEST/.airgap/venv, made from a host Python
+    of the bundle's version, with only the bundle's packages on its path. No network
+    is used. Environment variables such as WORKER_COUNT and SCORING_TIMEOUT_MS pass
+    through (see docs/runtime.md).
+    """
+    from .local import serve as serve_local
+
+    def ready(url: str) -> None:
+        if as_json:
+            click.echo(json.dumps({"ok": True, "url": url, "scoring_uri": url + "/score"}))
+        else:
+            click.echo(f"serving {dest} at {url}/score (Ctrl-C stops)", err=True)
+
+    serve_local(dest, port=port, host=host, trust=list(trust) or None, on_ready=ready)
+
+
+# ---- Docker: build, run, stop (bundler/docker_run.py, bundler/engine.py) -----------------
+
+_docker_trust = click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    envvar="AIRGAP_TRUST",
+    help="Re-check DEST against this trusted key (repeatable; default: the key that "
+    "verified it at unpack).",
+)
+_docker_json = click.option("--json", "as_json", is_flag=True, help="Print JSON for automation.")
+_dest_arg = click.argument("dest", type=click.Path(path_type=Path, file_okay=False, exists=True))
+
+
+def _to_stderr(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@cli.command("build")
+@_dest_arg
+@click.option(
+    "-t", "--tag", help="Image tag (default: NAME:VERSION from the bundle; baked adds -baked)."
+)
+@click.option(
+    "--variant",
+    type=click.Choice(["auto", "normal", "baked", "all"]),
+    default="auto",
+    show_default=True,
+    help="normal: for --mode mounted/dynamic; baked: packages inside; auto: what the "
+    "bundle's mode runs with.",
+)
+@_docker_trust
+@click.option("-q", "--quiet", is_flag=True, help="Do not show the build log.")
+@_docker_json
+@_funnel
+def build_cmd(
+    dest: Path, tag: str | None, variant: str, trust: tuple[Path, ...], quiet: bool, as_json: bool
+) -> None:
+    """Build the Docker image of an unpacked bundle, with networking disabled.
+
+    \b
+    Example:
+      airgap build /srv/iris
+      airgap build /srv/iris --tag iris:prod --variant all
+    The base image must be in the engine with the digest the bundle pins; when it is
+    not, it is loaded from DEST/docker/base-image.tar (pack --include-base-image).
+    Nothing is pulled. Every file sent to the engine is checked against the manifest.
+    """
+    from .docker_run import build
+
+    result = build(
+        dest,
+        tag=tag,
+        variant=variant,  # type: ignore[arg-type]  # click.Choice guarantees the value
+        trust=trust or None,
+        on_line=None if quiet or as_json else _to_stderr,
+    )
+    if as_json:
+        emit_json(
+            {
+                "ok": True,
+                "name": result.name,
+                "version": result.version,
+                "revision": result.revision,
+                "base_image": {
+                    "ref": result.base_ref,
+                    "digest": result.base_digest,
+                    "loaded": result.base_loaded,
+                },
+                "images": [
+                    {"variant": i.variant, "tag": i.tag, "id": i.image_id, "seconds": i.seconds}
+                    for i in result.images
+                ],
+            }
+        )
+        return
+    if result.base_loaded:
+        click.echo(f"loaded base image {result.base_ref} ({result.base_digest[:19]})")
+    for i in result.images:
+        click.echo(f"built {i.tag} ({i.variant}, {i.image_id[:19]}) in {i.seconds:.1f}s")
+
+
+@cli.command("run")
+@_dest_arg
+@click.option(
+    "-p",
+    "--port",
+    default=6789,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Host port of the scoring URI (0: any free port).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["mounted", "dynamic", "baked"]),
+    help="mounted: site-packages mounted read-only; dynamic: wheels installed at start, "
+    "offline; baked: packages inside the image. Default: the bundle's mode.",
+)
+@click.option("-d", "--detach", is_flag=True, help="Return once healthy; stop with airgap stop.")
+@click.option(
+    "--bind",
+    default="127.0.0.1",
+    show_default=True,
+    help="Host address the port is published on (0.0.0.0: every interface).",
+)
+@click.option(
+    "--no-network",
+    is_flag=True,
+    help="Run with --network none: reachable only from inside the container.",
+)
+@click.option(
+    "--timeout",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Seconds to wait for the server to answer GET /.",
+)
+@click.option("--local", is_flag=True, help="No Docker: serve DEST with the local runner.")
+@_docker_trust
+@_docker_json
+@_funnel
+def run_cmd(
+    dest: Path,
+    port: int,
+    mode: str | None,
+    detach: bool,
+    bind: str,
+    no_network: bool,
+    timeout: float,
+    local: bool,
+    trust: tuple[Path, ...],
+    as_json: bool,
+) -> None:
+    """Run an unpacked bundle's image and wait until it answers (isolated side).
+
+    \b
+    Example:
+      airgap run /srv/iris                   # follows the log; Ctrl-C stops it
+      airgap run /srv/iris --detach --port 6789
+      curl -d '{"data": [[5.1, 3.5, 1.4, 0.2]]}' http://127.0.0.1:6789/score
+      airgap stop /srv/iris
+    In mounted mode DEST/site-packages is re-checked against the signed manifest and
+    mounted read-only; a file changed since unpack is refused (exit 3). Build the
+    image first with `airgap build DEST`. Without Docker, use --local (airgap serve).
+    """
+    if local:
+        _run_local(dest, port, bind, mode, detach, no_network, trust, as_json)
+        return
+    from .docker_run import RunOptions, follow, start
+
+    options = RunOptions(
+        mode=mode,  # type: ignore[arg-type]  # click.Choice guarantees the value
+        port=port,
+        bind=bind,
+        network=not no_network,
+        timeout=timeout,
+        trust=trust or None,
+    )
+    running = start(dest, options, on_log=_to_stderr)
+    if as_json:
+        emit_json(
+            {
+                "ok": True,
+                "container": running.name,
+                "id": running.container_id,
+                "image": running.image,
+                "mode": running.mode,
+                "port": running.host_port,
+                "scoring_uri": running.scoring_uri,
+                "seconds": round(running.seconds, 3),
+                "detached": detach,
+            }
+        )
+    else:
+        where = running.scoring_uri or (
+            f"inside the container only (--no-network): docker exec {running.name} ..."
+        )
+        click.echo(f"{running.name} ({running.mode}) healthy after {running.seconds:.1f}s")
+        click.echo(f"scoring URI: {where}")
+    if detach:
+        if not as_json:
+            click.echo(f"stop it with: airgap stop {dest}")
+        return
+    if not as_json:
+        click.echo("following the log; Ctrl-C stops and removes the container", err=True)
+    code = follow(running, on_log=click.echo)
+    if code not in (None, 0):
+        raise BundleError(f"the container exited with status {code}")
+
+
+def _run_local(
+    dest: Path,
+    port: int,
+    bind: str,
+    mode: str | None,
+    detach: bool,
+    no_network: bool,
+    trust: tuple[Path, ...],
+    as_json: bool,
+) -> None:
+    """`run --local`: the local runner (bundler/local.py), in the foreground."""
+    for given, flag in ((mode, "--mode"), (detach, "--detach"), (no_network, "--no-network")):
+        if given:
+            raise UsageError(
+                f"{flag} needs Docker; the local runner serves in the bundle's own mode, "
+                "in the foreground",
+                remedy=f"drop {flag}, or run without --local",
+            )
+    if port == 0:
+        raise UsageError("--local needs a fixed --port", remedy="pass e.g. --port 6789")
+    from .local import serve as serve_local
+
+    def ready(url: str) -> None:
+        if as_json:
+            emit_json({"ok": True, "local": True, "scoring_uri": url + "/score"})
+        else:
+            click.echo(f"serving {dest} locally at {url}/score (Ctrl-C stops)", err=True)
+
+    serve_local(dest, port=port, host=bind, trust=list(trust) or None, on_ready=ready)
+
+
+@cli.command("stop")
+@click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
+@_docker_json
+@_funnel
+def stop_cmd(dest: Path, as_json: bool) -> None:
+    """Stop and remove the container `airgap run` started for DEST.
+
+    \b
+    Example:
+      airgap stop /srv/iris
+    Finds it by the DEST path it serves; stopping nothing is not an error.
+    """
+    from .docker_run import stop
+
+    stopped = stop(dest)
+    if as_json:
+        emit_json({"ok": True, "stopped": [{"name": s.name, "was": s.status} for s in stopped]})
+        return
+    if not stopped:
+        click.echo(f"no container is serving {dest}")
+    for s in stopped:
+        click.echo(f"stopped and removed {s.name} (was {s.status})")
+
+
 # ---- core commands: keys, pack, inspect, verify, unpack --------------------------------
 
 
@@ -250,7 +594,7 @@ def keygen(
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Wheel cache (default: $AIRGAP_CACHE_DIR or ~/.cache/airgap-bundler).",
+    help="Wheel cache folder (default: $AIRGAP_CACHE_DIR/wheels, else ~/.cache/airgap-bundler/wheels).",
 )
 @_quiet_option
 @_json_option
