@@ -594,7 +594,7 @@ def keygen(
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Wheel cache folder (default: $AIRGAP_CACHE_DIR/wheels, else ~/.cache/airgap-bundler/wheels).",
+    help="Wheel cache (default: $AIRGAP_CACHE_DIR/wheels or ~/.cache/airgap-bundler/wheels).",
 )
 @_quiet_option
 @_json_option
