@@ -78,23 +78,29 @@ def main() -> int:
         files = collect_tree(tree, "site-packages", skip_pycache=False)
         entry = next(f.path for f in files if f.path.endswith(".py"))
         meta = BundleMeta(
-            name="bench", version="1", created=1700000000,
+            name="bench",
+            version="1",
+            created=1700000000,
             target=Target("3.11", "cp", "cp311", ("manylinux_2_17_x86_64",)),
-            entry_script=entry, mode="mounted",
+            entry_script=entry,
+            mode="mounted",
         )
         bundle, tzst, tgz = work / "b.airgap", work / "b.tar.zst", work / "b.tar.gz"
         parent, name = tree.parent, tree.name
-        times: dict[str, list[float]] = {k: [] for k in
-                                         ("pack", "tar_zstd", "unpack", "zstd_tar_x")}
+        times: dict[str, list[float]] = {
+            k: [] for k in ("pack", "tar_zstd", "unpack", "zstd_tar_x")
+        }
         for i in range(args.rounds):
             times["pack"].append(timed(lambda: write_bundle(bundle, files, meta, key)))
-            times["tar_zstd"].append(timed(lambda: sh(
-                f"tar -c -C '{parent}' '{name}' | zstd -T0 -3 -q -f -o '{tzst}'")))
+            times["tar_zstd"].append(
+                timed(lambda: sh(f"tar -c -C '{parent}' '{name}' | zstd -T0 -3 -q -f -o '{tzst}'"))
+            )
             dest_a, dest_b = work / f"dest-a{i}", work / f"dest-b{i}"
             dest_b.mkdir()
             times["unpack"].append(timed(lambda d=dest_a: unpack(bundle, d, trust)))
-            times["zstd_tar_x"].append(timed(lambda d=dest_b: sh(
-                f"zstd -d -q -c '{tzst}' | tar -x -C '{d}'")))
+            times["zstd_tar_x"].append(
+                timed(lambda d=dest_b: sh(f"zstd -d -q -c '{tzst}' | tar -x -C '{d}'"))
+            )
             shutil.rmtree(dest_a)
             shutil.rmtree(dest_b)
         sh(f"tar -cz -C '{parent}' '{name}' > '{tgz}'")
@@ -102,11 +108,17 @@ def main() -> int:
         n_files = len(files)
         tree_bytes = sum(f.size() for f in files)
         result = {
-            "tree": str(tree), "files": n_files, "tree_bytes": tree_bytes,
-            "rounds": args.rounds, "cpus": os.cpu_count(),
+            "tree": str(tree),
+            "files": n_files,
+            "tree_bytes": tree_bytes,
+            "rounds": args.rounds,
+            "cpus": os.cpu_count(),
             "median_seconds": med,
-            "sizes": {"bundle": bundle.stat().st_size, "tar_zst": tzst.stat().st_size,
-                      "tar_gz": tgz.stat().st_size},
+            "sizes": {
+                "bundle": bundle.stat().st_size,
+                "tar_zst": tzst.stat().st_size,
+                "tar_gz": tgz.stat().st_size,
+            },
             "ratios": {
                 "pack": med["pack"] / med["tar_zstd"],
                 "verify_unpack": med["unpack"] / med["zstd_tar_x"],
@@ -117,13 +129,27 @@ def main() -> int:
     (args.out / "format.json").write_text(json.dumps(result, indent=2) + "\n")
     r, s = result["ratios"], result["sizes"]
     rows = [
-        ("pack", f"{med['pack']:.2f} s", f"tar -c | zstd -T0 -3: {med['tar_zstd']:.2f} s",
-         r["pack"], TARGETS["pack"]),
-        ("verify + unpack", f"{med['unpack']:.2f} s",
-         f"zstd -d | tar -x: {med['zstd_tar_x']:.2f} s", r["verify_unpack"],
-         TARGETS["verify_unpack"]),
-        ("bundle size", f"{s['bundle'] / 2**20:.1f} MiB", f"tar -cz: {s['tar_gz'] / 2**20:.1f} MiB",
-         r["size"], TARGETS["size"]),
+        (
+            "pack",
+            f"{med['pack']:.2f} s",
+            f"tar -c | zstd -T0 -3: {med['tar_zstd']:.2f} s",
+            r["pack"],
+            TARGETS["pack"],
+        ),
+        (
+            "verify + unpack",
+            f"{med['unpack']:.2f} s",
+            f"zstd -d | tar -x: {med['zstd_tar_x']:.2f} s",
+            r["verify_unpack"],
+            TARGETS["verify_unpack"],
+        ),
+        (
+            "bundle size",
+            f"{s['bundle'] / 2**20:.1f} MiB",
+            f"tar -cz: {s['tar_gz'] / 2**20:.1f} MiB",
+            r["size"],
+            TARGETS["size"],
+        ),
     ]
     lines = [
         f"# Bundle format benchmark ({n_files} files, {tree_bytes / 2**20:.0f} MiB tree, "
@@ -131,8 +157,10 @@ def main() -> int:
         "",
         "| measure | airgap | baseline | ratio | target | met |",
         "|---|---|---|---|---|---|",
-        *(f"| {a} | {b} | {c} | {d:.2f}x | <= {e}x | {'yes' if d <= e else 'NO'} |"
-          for a, b, c, d, e in rows),
+        *(
+            f"| {a} | {b} | {c} | {d:.2f}x | <= {e}x | {'yes' if d <= e else 'NO'} |"
+            for a, b, c, d, e in rows
+        ),
         "",
         "verify + unpack includes signature, payload hash, per-file hashes and one syncfs "
         "before the atomic rename; the baseline does none of these.",

@@ -99,7 +99,7 @@ def _base_image(
         if include:
             raise ProjectError(
                 "--include-base-image given but bundle.toml names no base_image",
-                remedy="add base_image = \"name:tag\" to bundle.toml",
+                remedy='add base_image = "name:tag" to bundle.toml',
             )
         return None, []
     from .engine import resolve_base_image, save_image
@@ -161,8 +161,7 @@ def pack(
     with tempfile.TemporaryDirectory(prefix="airgap-pack-") as tmp:
         work = Path(tmp)
         wheels = fetch_wheels(reqs, target, cache_dir=cache_dir, progress=progress)
-        runtime_wheels = fetch_wheels(runtime_reqs, target, cache_dir=cache_dir,
-                                      progress=progress)
+        runtime_wheels = fetch_wheels(runtime_reqs, target, cache_dir=cache_dir, progress=progress)
         progress.start("building site-packages", len(wheels) + len(runtime_wheels))
         installed = build_site_tree(wheels, target, work / "site")
         progress.advance(len(wheels))
@@ -193,8 +192,9 @@ def pack(
             packages=tuple(mf.Package(name=n, version=v) for n, v in sorted(installed)),
             base_image=base,
         )
-        return write_bundle(out, files, meta, private_key, level=level, threads=threads,
-                            progress=progress)
+        return write_bundle(
+            out, files, meta, private_key, level=level, threads=threads, progress=progress
+        )
 
 
 def _wheel_files(wheels: Sequence[Path], requirements: str) -> list[SourceFile]:

@@ -28,8 +28,9 @@ def test_usage_error_exits_2() -> None:
 
 
 def test_keygen_writes_private_key_0600_and_prints_key_id(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["keygen", "--out", str(tmp_path / "k"), "--no-passphrase",
-                                      "--json"])
+    result = CliRunner().invoke(
+        cli, ["keygen", "--out", str(tmp_path / "k"), "--no-passphrase", "--json"]
+    )
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     key = Path(info["private_key"])
@@ -42,11 +43,11 @@ def test_keygen_writes_private_key_0600_and_prints_key_id(tmp_path: Path) -> Non
     assert "already exists" in again.output
 
 
-def test_keygen_encrypts_with_passphrase_from_env(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keygen_encrypts_with_passphrase_from_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PASS", "correct horse")
-    result = CliRunner().invoke(cli, ["keygen", "--out", str(tmp_path), "--passphrase-env",
-                                      "PASS"])
+    result = CliRunner().invoke(cli, ["keygen", "--out", str(tmp_path), "--passphrase-env", "PASS"])
     assert result.exit_code == 0, result.output
     assert b"BEGIN ENCRYPTED PRIVATE KEY" in (tmp_path / "airgap.key").read_bytes()
     from bundler.errors import KeyFileError
@@ -60,8 +61,9 @@ def test_keygen_encrypts_with_passphrase_from_env(tmp_path: Path,
 
 
 def test_missing_passphrase_variable_is_a_usage_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["keygen", "--out", str(tmp_path), "--passphrase-env",
-                                      "AIRGAP_TEST_UNSET_VARIABLE"])
+    result = CliRunner().invoke(
+        cli, ["keygen", "--out", str(tmp_path), "--passphrase-env", "AIRGAP_TEST_UNSET_VARIABLE"]
+    )
     assert result.exit_code == 2
     assert "AIRGAP_TEST_UNSET_VARIABLE" in result.output
 
@@ -71,8 +73,9 @@ def test_verify_json_failure_is_machine_readable(tmp_path: Path) -> None:
     bogus.write_bytes(b"\0" * 4096)
     keys = tmp_path / "k"
     assert main(["keygen", "--out", str(keys), "--no-passphrase"]) == 0
-    result = CliRunner().invoke(cli, ["verify", str(bogus), "--trust",
-                                      str(keys / "airgap.pub"), "--json"])
+    result = CliRunner().invoke(
+        cli, ["verify", str(bogus), "--trust", str(keys / "airgap.pub"), "--json"]
+    )
     assert result.exit_code == 3
     doc = json.loads(result.stdout)
     assert doc["ok"] is False

@@ -42,8 +42,9 @@ def test_pack_and_unpack_of_1_gib_keep_memory_flat(tmp_path: Path) -> None:
         with (tree / f"part{i}.bin").open("wb") as f:
             for j in range(256):
                 f.write(block if j % 16 == 0 else b"\0" * (1 << 20))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     before_kib, after_kib = map(int, proc.stdout.split())
     # Peak RSS grows by far less than the 1 GiB that went through (chunks are 1 MiB, the

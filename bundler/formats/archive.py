@@ -399,9 +399,19 @@ class _Bounded:
     def __init__(self, reader: zstandard.ZstdDecompressionReader, limit: int) -> None:
         self._reader = reader
         self._limit = limit
+        self._over = False
         self.count = 0
 
+    def _over_limit(self) -> ResourceLimitError:
+        return ResourceLimitError(
+            f"decompressed output exceeds the manifest's declared total ({self._limit} "
+            "bytes with tar headers)",
+            member=OUTER_PAYLOAD,
+        )
+
     def read(self, n: int) -> bytes:
+        if self._over:
+            raise self._over_limit()
         try:
             data = self._reader.read(n)
         except zstandard.ZstdError as e:
@@ -412,15 +422,16 @@ class _Bounded:
                     member=OUTER_PAYLOAD,
                 ) from e
             raise IntegrityError(f"zstd stream is corrupt ({text})", member=OUTER_PAYLOAD) from e
+        if self.count + len(data) > self._limit:
+            # Hand over the part within the limit and fail on the next read: a bad member
+            # inside the declared total is then named by its own check, whatever the chunking
+            # or read-ahead.
+            data = data[: self._limit - self.count]
+            self._over = True
+            if not data:
+                raise self._over_limit()
         self.count += len(data)
-        if self.count > self._limit:
-            raise ResourceLimitError(
-                f"decompressed output exceeds the manifest's declared total ({self._limit} "
-                "bytes with tar headers)",
-                member=OUTER_PAYLOAD,
-            )
         return data
-
 
 
 class _Prefetch:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from ..errors import ManifestError, ResourceLimitError, UnsafeMemberError
-from ..layout import PACKAGE_MODES, PAYLOAD_ROOTS, PackageMode
+from ..layout import OUTER_MANIFEST, PACKAGE_MODES, PAYLOAD_ROOTS, PackageMode
 from .limits import DEFAULT_LIMITS, Limits
 
 FORMAT: Final = "airgap-bundle/1"
@@ -146,24 +146,30 @@ class Manifest:
 # ---- strict parsing ---------------------------------------------------------------------
 
 
+def _invalid(message: str, *, remedy: str | None = None) -> ManifestError:
+    # Every manifest error names its member, like every other rejection (one line: check,
+    # member, what is wrong).
+    return ManifestError(message, member=OUTER_MANIFEST, remedy=remedy)
+
+
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ManifestError(f"duplicate key {key!r}: not strict JSON")
+            raise _invalid(f"duplicate key {key!r}: not strict JSON")
         out[key] = value
     return out
 
 
 def _reject_constant(name: str) -> Any:
-    raise ManifestError(f"{name} is not allowed: not strict JSON")
+    raise _invalid(f"{name} is not allowed: not strict JSON")
 
 
 def _strict_loads(data: bytes) -> Any:
     try:
         text = data.decode("utf-8", errors="strict")
     except UnicodeDecodeError as e:
-        raise ManifestError("not valid UTF-8") from e
+        raise _invalid("not valid UTF-8") from e
     try:
         return json.loads(
             text,
@@ -171,9 +177,9 @@ def _strict_loads(data: bytes) -> Any:
             parse_constant=_reject_constant,
         )
     except json.JSONDecodeError as e:
-        raise ManifestError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+        raise _invalid(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
     except RecursionError as e:
-        raise ManifestError("nested too deeply") from e
+        raise _invalid("nested too deeply") from e
 
 
 class _Fields:
@@ -181,7 +187,7 @@ class _Fields:
 
     def __init__(self, obj: Any, where: str) -> None:
         if not isinstance(obj, dict):
-            raise ManifestError(f"{where or 'manifest'} must be a JSON object")
+            raise _invalid(f"{where or 'manifest'} must be a JSON object")
         self.obj: dict[str, Any] = obj
         self.where = where
 
@@ -190,7 +196,7 @@ class _Fields:
 
     def raw(self, key: str) -> Any:
         if key not in self.obj:
-            raise ManifestError(f"missing field {self._name(key)!r}")
+            raise _invalid(f"missing field {self._name(key)!r}")
         return self.obj[key]
 
     def text(self, key: str, *, optional: bool = False) -> Any:
@@ -198,7 +204,7 @@ class _Fields:
         if value is None and optional:
             return None
         if not isinstance(value, str) or not value:
-            raise ManifestError(f"field {self._name(key)!r} must be a non-empty string")
+            raise _invalid(f"field {self._name(key)!r} must be a non-empty string")
         return value
 
     def integer(self, key: str, *, optional: bool = False) -> Any:
@@ -207,25 +213,25 @@ class _Fields:
             return None
         # bool is an int in Python; a JSON true must not pass as 1.
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ManifestError(f"field {self._name(key)!r} must be a non-negative integer")
+            raise _invalid(f"field {self._name(key)!r} must be a non-negative integer")
         return value
 
     def boolean(self, key: str) -> bool:
         value = self.raw(key)
         if not isinstance(value, bool):
-            raise ManifestError(f"field {self._name(key)!r} must be true or false")
+            raise _invalid(f"field {self._name(key)!r} must be true or false")
         return value
 
     def items(self, key: str) -> list[Any]:
         value = self.raw(key)
         if not isinstance(value, list):
-            raise ManifestError(f"field {self._name(key)!r} must be a list")
+            raise _invalid(f"field {self._name(key)!r} must be a list")
         return value
 
     def sha256(self, key: str) -> str:
         value = self.text(key)
         if not _SHA256_RE.match(value):
-            raise ManifestError(f"field {self._name(key)!r} must be 64 lowercase hex digits")
+            raise _invalid(f"field {self._name(key)!r} must be 64 lowercase hex digits")
         return cast("str", value)
 
 
@@ -303,29 +309,29 @@ def parse_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
     top = _Fields(_strict_loads(data), "")
     fmt = top.text("format")
     if fmt != FORMAT:
-        raise ManifestError(
+        raise _invalid(
             f"unknown format version {fmt!r} (this airgap reads {FORMAT!r})",
             remedy="upgrade airgap-bundler on this host, or pack with a matching version",
         )
     target = _Fields(top.raw("target"), "target")
     platforms = target.items("platforms")
     if not all(isinstance(p, str) and p for p in platforms):
-        raise ManifestError("field 'target.platforms' must be a list of strings")
+        raise _invalid("field 'target.platforms' must be a list of strings")
     mode = top.text("mode")
     if mode not in PACKAGE_MODES:
-        raise ManifestError(f"field 'mode' must be one of {list(PACKAGE_MODES)}, not {mode!r}")
+        raise _invalid(f"field 'mode' must be one of {list(PACKAGE_MODES)}, not {mode!r}")
     env_raw = top.raw("env")
     if not isinstance(env_raw, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env_raw.items()
     ):
-        raise ManifestError("field 'env' must be an object of strings")
+        raise _invalid("field 'env' must be an object of strings")
     base_raw = top.raw("base_image")
     base = None
     if base_raw is not None:
         b = _Fields(base_raw, "base_image")
         digest = b.text("digest", optional=True)
         if digest is not None and not _DIGEST_RE.match(digest):
-            raise ManifestError("field 'base_image.digest' must be 'sha256:' and 64 hex digits")
+            raise _invalid("field 'base_image.digest' must be 'sha256:' and 64 hex digits")
         base = BaseImage(ref=b.text("ref"), digest=digest, included=b.boolean("included"))
     packages = []
     for i, p in enumerate(top.items("packages")):
@@ -363,9 +369,7 @@ def parse_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
     check_name_set(f.path for f in files)
     total = sum(f.size for f in files)
     if payload.file_count != len(files) or payload.unpacked_size != total:
-        raise ManifestError(
-            "payload.file_count / payload.unpacked_size disagree with the file list"
-        )
+        raise _invalid("payload.file_count / payload.unpacked_size disagree with the file list")
     if total > limits.max_unpacked_bytes:
         raise ResourceLimitError(
             f"declares {total} unpacked bytes, over the limit of {limits.max_unpacked_bytes}",
@@ -374,10 +378,10 @@ def parse_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
         )
     entry = top.text("entry_script")
     if entry not in {f.path for f in files}:
-        raise ManifestError(f"entry_script {entry!r} is not a payload file")
+        raise _invalid(f"entry_script {entry!r} is not a payload file")
     signer = top.text("signer")
     if not _KEY_ID_RE.match(signer):
-        raise ManifestError("field 'signer' must be a key id (64 lowercase hex digits)")
+        raise _invalid("field 'signer' must be a key id (64 lowercase hex digits)")
     created = top.integer("created")
     expires = top.integer("expires", optional=True)
     return Manifest(
@@ -416,5 +420,5 @@ def peek_signer(data: bytes, limits: Limits = DEFAULT_LIMITS) -> str:
         )
     obj = _strict_loads(data)
     if not isinstance(obj, dict) or not isinstance(obj.get("signer"), str):
-        raise ManifestError("missing field 'signer'")
+        raise _invalid("missing field 'signer'")
     return cast("str", obj["signer"])

@@ -62,6 +62,9 @@ def check_unpacked(
     tops = set(roots) if roots is not None else {f.path.split("/", 1)[0] for f in manifest.files}
     seen: set[str] = set()
     for top in sorted(tops):
+        if (dest / top).is_symlink():
+            # os.walk follows a link given as its top: a linked-in copy would pass unseen.
+            raise TreeModifiedError("symbolic link added", member=top)
         for dirpath, dirnames, filenames in os.walk(dest / top):
             rel_dir = Path(dirpath).relative_to(dest).as_posix()
             if rel_dir == STATE_DIR:

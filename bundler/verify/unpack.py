@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -93,9 +94,17 @@ def _now(now: int | None) -> int:
 
 def _open_bundle(bundle: Path) -> BinaryIO:
     try:
-        return bundle.open("rb")
+        f = bundle.open("rb")
     except OSError as e:
         raise BundleError(f"cannot read bundle {bundle}: {e.strerror}") from e
+    # The reader seeks (over the payload, and back to hash it): a pipe cannot be read.
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise BundleError(
+            f"bundle {bundle} is not a regular file",
+            remedy="save the bundle to a file first, then pass that file",
+        )
+    return f
 
 
 def open_verified(
@@ -176,7 +185,16 @@ def _locked(parent: Path) -> Iterator[None]:
 def _clean_stale_stages(dest: Path) -> None:
     # Holding the lock, any stage for this DEST is left over from a killed run.
     for stale in dest.parent.glob(f".{dest.name}{_STAGE_TAG}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        _remove(stale)
+
+
+def _remove(path: Path) -> None:
+    # A stage can hold a symlinked DEST swapped out by _install; rmtree refuses links.
+    if path.is_symlink():
+        with contextlib.suppress(OSError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _syncfs(path: Path) -> None:
@@ -276,6 +294,12 @@ def unpack(
     parent = dest.parent
     if not parent.is_dir():
         raise BundleError(f"{parent} does not exist", remedy=f"create it: mkdir -p {parent}")
+    if dest.is_symlink():
+        # Swapping the stage in would replace the link, not the folder it points to.
+        raise BundleError(
+            f"{dest} is a symbolic link",
+            remedy=f"pass the real folder instead: {os.path.realpath(dest)}",
+        )
     if dest.exists() and not dest.is_dir():
         raise BundleError(f"{dest} exists and is not a folder")
     with _locked(parent):
@@ -304,7 +328,7 @@ def unpack(
             except OSError as e:
                 raise BundleError(f"cannot write under {parent}: {e.strerror}") from e
             finally:
-                shutil.rmtree(stage_root, ignore_errors=True)
+                _remove(stage_root)
         return opened.verified
 
 
