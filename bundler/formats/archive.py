@@ -480,6 +480,8 @@ class _Prefetch:
             if not item:
                 self._eof = True
                 return b""
+            if n >= len(item):
+                return item  # the common case for file data: hand the chunk over, no copy
             self._buffer = memoryview(item)
         data = bytes(self._buffer[:n])
         self._buffer = self._buffer[n:]

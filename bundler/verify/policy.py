@@ -116,7 +116,7 @@ class MemberTracker:
 
     expected: Mapping[str, FileEntry]
     limits: Limits = DEFAULT_LIMITS
-    seen: dict[str, str] = field(default_factory=dict)  # folded name -> name
+    seen: set[str] = field(default_factory=set)
 
     def admit(self, header: Header) -> FileEntry:
         """The manifest entry for this member, if the member may be written at all.
@@ -125,18 +125,22 @@ class MemberTracker:
             UnsafeMemberError: unsafe name, duplicate or case-fold collision.
             IntegrityError: a member the manifest does not list, or whose size or mode differ.
         """
-        check_member_name(header.name, self.limits)
-        folded = fold_name(header.name)
-        if folded in self.seen:
-            if self.seen[folded] == header.name:
-                raise UnsafeMemberError("duplicate member", member=header.name)
-            raise UnsafeMemberError(
-                f"collides with {self.seen[folded]!r} when case-folded", member=header.name
-            )
-        entry = self.expected.get(header.name)
+        name = header.name
+        entry = self.expected.get(name)
         if entry is None:
-            raise IntegrityError("extra member not listed in the manifest", member=header.name)
-        self.seen[folded] = header.name
+            # Never written: say why as precisely as possible (unsafe, collision, extra).
+            check_member_name(name, self.limits)
+            folded = {fold_name(n): n for n in self.seen}
+            if fold_name(name) in folded:
+                raise UnsafeMemberError(
+                    f"collides with {folded[fold_name(name)]!r} when case-folded", member=name
+                )
+            raise IntegrityError("extra member not listed in the manifest", member=name)
+        # Listed names were checked when the manifest was parsed, and no two of them
+        # collide when case-folded; so a listed name can only be a repeat.
+        if name in self.seen:
+            raise UnsafeMemberError("duplicate member", member=name)
+        self.seen.add(name)
         if header.size != entry.size:
             raise IntegrityError(
                 f"size {header.size} differs from the manifest's {entry.size}",
@@ -157,7 +161,7 @@ class MemberTracker:
 
     def finish(self) -> None:
         """Raises IntegrityError naming the first listed file that never appeared."""
-        missing = sorted(set(self.expected) - set(self.seen.values()))
+        missing = sorted(set(self.expected) - self.seen)
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise IntegrityError(f"listed in the manifest but missing{more}", member=missing[0])

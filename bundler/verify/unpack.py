@@ -231,6 +231,7 @@ class _Stage:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root_str = os.fspath(root)
         self._dirs: set[str] = {""}
 
     def _mkdirs(self, rel_dir: str) -> None:
@@ -247,14 +248,18 @@ class _Stage:
         self._mkdirs(entry.path.rpartition("/")[0])
         # O_EXCL and O_NOFOLLOW: the path must be new; nothing can redirect the write.
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self.root / entry.path, flags, 0o600)
+        fd = os.open(f"{self._root_str}/{entry.path}", flags, 0o600)
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb", buffering=0) as out:
+        try:
             for chunk in chunks:
                 digest.update(chunk)
-                out.write(chunk)
+                view = memoryview(chunk)
+                while view:  # write(2) may write less than asked
+                    view = view[os.write(fd, view) :]
                 progress.advance(len(chunk))
-            os.fchmod(out.fileno(), entry.mode)
+            os.fchmod(fd, entry.mode)
+        finally:
+            os.close(fd)
         MemberTracker.check_content(entry, digest.hexdigest())
 
     def write_state(self, verified: Verified) -> None:
