@@ -1,0 +1,685 @@
+"""The Docker path against the real engine: build context, base image, build, run, stop.
+
+A tiny real bundle is made here (pure-Python app, model and package, the real runtime and a
+real gunicorn), unpacked with the real unpacker, then built and run through the CLI. The
+iris end-to-end test (real wheels from PyPI) is in test_docker_e2e.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+import uuid
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import KeyPair
+
+from bundler.assemble import BundleMeta, SourceFile, write_bundle
+from bundler.cli import main
+from bundler.docker_run import LABEL_DEST, build_context, container_name
+from bundler.dockerfile import DockerfileSpec, render_dockerfiles
+from bundler.engine import DockerEngine
+from bundler.errors import EngineUnavailableError, TreeModifiedError
+from bundler.formats.manifest import BaseImage, Target
+from bundler.layout import BASE_IMAGE_TAR
+from bundler.verify.tree import check_unpacked
+from bundler.verify.unpack import unpack
+
+REPO = Path(__file__).resolve().parent.parent
+BASE_REF = "airgap-test/bookworm-python:latest"
+TARGET = Target("3.11", "cp", "cp311", ("manylinux_2_17_x86_64", "any"))
+
+
+# ---- the engine and base image ------------------------------------------------------------
+
+
+def _script(name: str) -> None:
+    proc = subprocess.run(
+        ["sh", str(REPO / ".ci" / name)], capture_output=True, text=True, timeout=900
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f".ci/{name} failed: {proc.stderr.strip()[-2000:]}")
+
+
+def ensure_engine() -> DockerEngine:
+    """A running engine with the test base image, made by the project's own .ci scripts.
+
+    Skips with the reason outside CI when they cannot run here; in CI (CI=true) it fails.
+    """
+    try:
+        _script("docker-engine.sh")
+        _script("base-image.sh")
+        return DockerEngine.connect()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired, EngineUnavailableError) as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the Docker engine or base image is required in CI: {e}")
+        pytest.skip(f"no Docker engine with the test base image here: {e}")
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[DockerEngine]:
+    eng = ensure_engine()
+    yield eng
+    eng.close()
+
+
+def derived_image(engine: DockerEngine, base_id: str, ref: str) -> str:
+    """A new image ID on top of the shared base (one label, no RUN step), tagged ``ref``.
+
+    Tests remove it to play "an engine without the pinned base image" without touching the
+    shared base: its layers stay (the shared base owns them too), its image ID is gone.
+    """
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        text = f"FROM {base_id}\nLABEL test.unique={ref}\n".encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(text)
+        tar.addfile(info, io.BytesIO(text))
+    context.seek(0)
+    return engine.build(context, dockerfile="Dockerfile", tag=ref, buildargs={})
+
+
+@pytest.fixture(scope="session")
+def base_id(engine: DockerEngine) -> str:
+    image_id = engine.image_id(BASE_REF)
+    assert image_id is not None
+    return image_id
+
+
+# ---- a tiny real bundle ---------------------------------------------------------------------
+
+SCORE_PY = b"""\
+import json
+import os
+from pathlib import Path
+
+import tinylib
+
+weights = None
+
+
+def init():
+    global weights
+    weights = json.loads((Path(os.environ["AZUREML_MODEL_DIR"]) / "weights.json").read_text())
+
+
+def run(raw_data):
+    rows = json.loads(raw_data)["data"]
+    return {"predictions": [tinylib.score(r, weights) for r in rows], "lib": tinylib.__file__}
+"""
+TINYLIB = b"def score(row, weights):\n    return sum(a * b for a, b in zip(row, weights))\n"
+WEIGHTS = [1, 10, 100]
+ROWS = [[1, 2, 3], [0, 0, 1]]
+EXPECTED = [321, 100]
+
+
+def _wheel(name: str, version: str, files: dict[str, bytes]) -> tuple[str, bytes]:
+    """A real, minimal pure-Python wheel (what pip installs in dynamic mode)."""
+    info = f"{name}-{version}.dist-info"
+    meta = {
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    contents = {**files, **meta}
+    record = []
+    for path, data in contents.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{info}/RECORD,,")
+    contents[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for path, data in sorted(contents.items()):
+            z.writestr(zipfile.ZipInfo(path, (2023, 1, 1, 0, 0, 0)), data)
+    return f"{name}-{version}-py3-none-any.whl", buf.getvalue()
+
+
+def _installed(dist: str, prefix: str) -> dict[str, tuple[bytes, int]]:
+    """An installed distribution's files (the real gunicorn of this environment)."""
+    out: dict[str, tuple[bytes, int]] = {}
+    for f in importlib.metadata.files(dist) or ():
+        rel = str(f)
+        if rel.startswith("..") or "__pycache__" in rel:
+            continue
+        out[f"{prefix}/{rel}"] = (Path(str(f.locate())).read_bytes(), 0o644)
+    return out
+
+
+Files = dict[str, tuple[bytes, int]]
+
+
+def tiny_files(base_digest: str | None, *, base_ref: str = BASE_REF) -> Files:
+    """Every payload file of the tiny bundle, as pack lays them out."""
+    files: Files = {
+        "app/score.py": (SCORE_PY, 0o644),
+        "model/weights.json": (json.dumps(WEIGHTS).encode(), 0o644),
+        "site-packages/tinylib/__init__.py": (TINYLIB, 0o644),
+        "site-packages/tinylib-1.0.dist-info/METADATA": (
+            b"Metadata-Version: 2.1\nName: tinylib\nVersion: 1.0\n",
+            0o644,
+        ),
+    }
+    wheel_name, wheel = _wheel("tinylib", "1.0", {"tinylib/__init__.py": TINYLIB})
+    files[f"wheels/{wheel_name}"] = (wheel, 0o644)
+    files["wheels/requirements.txt"] = (b"tinylib==1.0\n", 0o644)
+    for py in sorted((REPO / "bundler" / "runtime").glob("*.py")):
+        files[f"runtime/airgap_runtime/{py.name}"] = (py.read_bytes(), 0o644)
+    for dist in ("gunicorn", "packaging"):
+        files.update(_installed(dist, "runtime/lib"))
+    spec = DockerfileSpec(
+        name="tiny-model",
+        version="1.0+test",
+        created=1_700_000_000,
+        entry_script="app/score.py",
+        base_ref=base_ref,
+        base_digest=base_digest,
+        env={"TINY_GREETING": 'hello "$HOME"'},
+    )
+    for path, data in render_dockerfiles(spec).items():
+        files[path] = (data, 0o644)
+    return files
+
+
+def write_tiny_bundle(
+    out: Path,
+    key: KeyPair,
+    base_digest: str | None,
+    *,
+    base_ref: str = BASE_REF,
+    extra: dict[str, Path] | None = None,
+    mode: str = "mounted",
+) -> Path:
+    sources = [
+        SourceFile(path, data, mode_bits)
+        for path, (data, mode_bits) in tiny_files(base_digest, base_ref=base_ref).items()
+    ]
+    sources += [SourceFile(p, src, 0o644) for p, src in (extra or {}).items()]
+    meta = BundleMeta(
+        name="tiny-model",
+        version="1.0+test",
+        created=1_700_000_000,
+        target=TARGET,
+        entry_script="app/score.py",
+        mode=mode,  # type: ignore[arg-type]
+        env={"TINY_GREETING": 'hello "$HOME"'},
+        base_image=BaseImage(base_ref, base_digest, included=bool(extra)),
+    )
+    write_bundle(out, sources, meta, key.private, threads=1)
+    return out
+
+
+@dataclass(frozen=True)
+class Tiny:
+    bundle: Path
+    pub: Path
+
+    def unpack_to(self, dest: Path) -> Path:
+        unpack(self.bundle, dest, [self.pub])
+        return dest
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory, publisher: KeyPair, base_id: str) -> Tiny:
+    root = tmp_path_factory.mktemp("tiny")
+    return Tiny(write_tiny_bundle(root / "tiny.airgap", publisher, base_id), publisher.pub)
+
+
+@pytest.fixture(scope="session")
+def built(
+    tmp_path_factory: pytest.TempPathFactory, tiny: Tiny, engine: DockerEngine
+) -> Iterator[Path]:
+    """A DEST whose normal and baked images are built (through the CLI)."""
+    dest = tiny.unpack_to(tmp_path_factory.mktemp("built") / "dest")
+    assert main(["build", str(dest), "--variant", "all", "--quiet"]) == 0
+    yield dest
+    for tag in ("tiny-model:1.0-test-baked", "tiny-model:1.0-test"):
+        engine.remove_image(tag)
+
+
+def cli_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+    code = main([*args, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def post_score(uri: str, rows: Sequence[Sequence[float]]) -> dict[str, Any]:
+    body = json.dumps({"data": rows}).encode()
+    req = urllib.request.Request(uri, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+        data: dict[str, Any] = json.loads(r.read())
+        return data
+
+
+@pytest.fixture
+def stop_after(engine: DockerEngine) -> Iterator[list[Path]]:
+    """DESTs whose containers are stopped after the test, whatever happens."""
+    dests: list[Path] = []
+    yield dests
+    for d in dests:
+        for c in engine.containers_with_labels({LABEL_DEST: str(d.resolve())}):
+            engine.stop(c.id, timeout=1)
+
+
+# ---- build context (no engine) ----------------------------------------------------------------
+
+
+def _context_names(dest: Path, variant: str) -> tuple[str, dict[str, tarfile.TarInfo]]:
+    manifest = check_unpacked(dest, roots=())
+    buf = io.BytesIO()
+    dockerfile, _ = build_context(dest, manifest, variant, buf)  # type: ignore[arg-type]
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        return dockerfile, {m.name: m for m in tar.getmembers()}
+
+
+def test_build_context_holds_only_what_the_dockerfile_copies(
+    tmp_path: Path, publisher: KeyPair
+) -> None:
+    bundle = write_tiny_bundle(tmp_path / "b.airgap", publisher, "sha256:" + "ab" * 32)
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
+    (dest / "stray.txt").write_text("not listed")  # never sent: only listed files are
+
+    dockerfile, members = _context_names(dest, "normal")
+    assert dockerfile == "docker/Dockerfile"
+    tops = {name.split("/", 1)[0] for name in members}
+    assert tops == {"docker", "runtime", "model", "app"}
+    assert "docker/Dockerfile.baked" not in members
+    assert "app/score.py" in members and "runtime/lib/gunicorn/__init__.py" in members
+    info = members["app/score.py"]
+    assert (info.uid, info.gid, info.mode, info.mtime) == (0, 0, 0o644, 1_700_000_000)
+
+    dockerfile, members = _context_names(dest, "baked")
+    assert dockerfile == "docker/Dockerfile.baked"
+    assert {n.split("/", 1)[0] for n in members} == {
+        "docker",
+        "runtime",
+        "model",
+        "app",
+        "site-packages",
+    }
+    assert not any(n.startswith(("wheels", ".airgap")) for n in members)
+
+
+def test_build_context_refuses_a_file_changed_after_unpack(
+    tmp_path: Path, publisher: KeyPair
+) -> None:
+    bundle = write_tiny_bundle(tmp_path / "b.airgap", publisher, "sha256:" + "ab" * 32)
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
+    (dest / "app" / "score.py").write_bytes(SCORE_PY + b"# edited\n")
+    with pytest.raises(TreeModifiedError) as e:
+        _context_names(dest, "normal")
+    assert e.value.member == "app/score.py"
+    assert e.value.exit_code == 3
+
+
+def test_no_engine_is_a_clear_error_naming_the_local_runner(
+    tmp_path: Path,
+    publisher: KeyPair,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bundle = write_tiny_bundle(tmp_path / "b.airgap", publisher, "sha256:" + "ab" * 32)
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    for args in (["build", str(dest)], ["run", str(dest)], ["stop", str(dest)]):
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "no Docker engine answers" in err
+        assert "airgap serve DEST" in err
+
+
+# ---- against the engine ---------------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_build_refuses_a_bundle_whose_base_was_not_pinned(
+    tmp_path: Path, publisher: KeyPair, engine: DockerEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = write_tiny_bundle(tmp_path / "b.airgap", publisher, None)
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
+    assert main(["build", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert "does not pin its base image" in err
+    assert f"docker image inspect {BASE_REF}" in err
+
+
+@pytest.mark.docker
+def test_build_names_the_exact_base_image_to_transfer(
+    tmp_path: Path, publisher: KeyPair, engine: DockerEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = "sha256:" + hashlib.sha256(uuid.uuid4().bytes).hexdigest()
+    bundle = write_tiny_bundle(tmp_path / "b.airgap", publisher, missing, base_ref="corp/py:3.11")
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
+    assert main(["build", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert f"lacks the base image corp/py:3.11 ({missing})" in err
+    assert "docker save corp/py:3.11 -o base.tar" in err
+    assert "--include-base-image" in err
+
+
+@pytest.mark.docker
+def test_build_loads_the_carried_base_image_when_the_engine_lacks_it(
+    tmp_path: Path,
+    publisher: KeyPair,
+    engine: DockerEngine,
+    base_id: str,
+    capsys: pytest.CaptureFixture[str],
+    stop_after: list[Path],
+) -> None:
+    # A base image of our own, so removing it cannot disturb other tests.
+    ref = f"airgap-test/carried-base:{uuid.uuid4().hex[:12]}"
+    carried_id = derived_image(engine, base_id, ref)
+    saved = tmp_path / "base-image.tar"
+    with saved.open("wb") as f:
+        engine.save_image(ref, f)
+    bundle = write_tiny_bundle(
+        tmp_path / "b.airgap",
+        publisher,
+        carried_id,
+        base_ref=ref,
+        extra={BASE_IMAGE_TAR: saved},
+    )
+    engine.remove_image(ref)
+    assert engine.image_id(carried_id) is None
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
+
+    tag = f"tiny-carried:{uuid.uuid4().hex[:8]}"
+    code, out = cli_json(["build", str(dest), "--tag", tag], capsys)
+    assert code == 0, out
+    assert out["base_image"] == {"ref": ref, "digest": carried_id, "loaded": True}
+    assert engine.image_id(carried_id) == carried_id
+    stop_after.append(dest)
+    code, out = cli_json(["run", str(dest), "--detach", "--port", "0"], capsys)
+    assert code == 0, out
+    assert post_score(str(out["scoring_uri"]), ROWS)["predictions"] == EXPECTED
+    assert main(["stop", str(dest)]) == 0
+    engine.remove_image(tag)
+    engine.remove_image(ref)
+
+
+@pytest.mark.docker
+def test_build_refuses_a_changed_base_image_tar(
+    tmp_path: Path, publisher: KeyPair, engine: DockerEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = "sha256:" + hashlib.sha256(uuid.uuid4().bytes).hexdigest()
+    fake = tmp_path / "base-image.tar"
+    fake.write_bytes(b"\x00" * 4096)
+    bundle = write_tiny_bundle(
+        tmp_path / "b.airgap", publisher, missing, extra={BASE_IMAGE_TAR: fake}
+    )
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
+    (dest / BASE_IMAGE_TAR).write_bytes(b"\x01" * 4096)
+    assert main(["build", str(dest)]) == 3
+    err = capsys.readouterr().err
+    assert "docker/base-image.tar" in err and "changed since unpack" in err
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("mode", ["mounted", "dynamic", "baked"])
+def test_run_each_mode_scores_and_stop_removes_it(
+    mode: str,
+    built: Path,
+    engine: DockerEngine,
+    capsys: pytest.CaptureFixture[str],
+    stop_after: list[Path],
+) -> None:
+    stop_after.append(built)
+    code, out = cli_json(["run", str(built), "--mode", mode, "--detach", "--port", "0"], capsys)
+    assert code == 0, out
+    assert out["mode"] == mode
+    result = post_score(str(out["scoring_uri"]), ROWS)
+    assert result["predictions"] == EXPECTED
+    lib = str(result["lib"])
+    if mode == "dynamic":
+        # Installed at start from the mounted wheels into the container's private /tmp.
+        assert lib.startswith("/tmp/airgap-requirements-"), lib
+    else:
+        assert lib == "/opt/airgap/site-packages/tinylib/__init__.py"
+
+    container = engine.inspect(str(out["id"]))
+    assert container is not None and container.status == "running"
+    code, out = cli_json(["stop", str(built)], capsys)
+    assert code == 0
+    assert [s["name"] for s in out["stopped"]] == [container.name]
+    assert engine.inspect(container.id) is None
+    code, out = cli_json(["stop", str(built)], capsys)
+    assert code == 0 and out["stopped"] == []
+
+
+@pytest.mark.docker
+def test_image_runs_as_non_root_with_the_bundle_labels(built: Path, engine: DockerEngine) -> None:
+    manifest = check_unpacked(built, roots=())
+    image = engine._api.inspect_image("tiny-model:1.0-test")
+    config = image["Config"]
+    assert config["User"] == "10001:10001"
+    assert "5001/tcp" in config["ExposedPorts"]
+    assert config["Healthcheck"]["Test"][0] == "CMD"
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.revision"] == manifest.payload.sha256
+    assert labels["org.opencontainers.image.title"] == "tiny-model"
+    assert labels["org.opencontainers.image.version"] == "1.0+test"
+    assert labels["org.opencontainers.image.created"] == "2023-11-14T22:13:20Z"
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["TINY_GREETING"] == 'hello "$HOME"'  # written literally, never expanded
+    assert env["AZUREML_EXTRA_PYTHON_LIB_PATH"] == "/opt/airgap/site-packages"
+    baked = engine._api.inspect_image("tiny-model:1.0-test-baked")
+    # The baked image is the normal one plus one layer: the packages.
+    assert len(baked["RootFS"]["Layers"]) == len(image["RootFS"]["Layers"]) + 1
+
+
+@pytest.mark.docker
+def test_a_code_change_rebuilds_only_the_app_layer(
+    tmp_path: Path, publisher: KeyPair, base_id: str, built: Path, engine: DockerEngine
+) -> None:
+    files = tiny_files(base_id)
+    files["app/score.py"] = (SCORE_PY + b"\n# changed\n", 0o644)
+    sources = [SourceFile(p, d, m) for p, (d, m) in files.items()]
+    meta = BundleMeta(
+        name="tiny-model",
+        version="1.0+test",
+        created=1_700_000_000,
+        target=TARGET,
+        entry_script="app/score.py",
+        mode="mounted",
+        env={"TINY_GREETING": 'hello "$HOME"'},
+        base_image=BaseImage(BASE_REF, base_id, included=False),
+    )
+    write_bundle(tmp_path / "c.airgap", sources, meta, publisher.private, threads=1)
+    dest = Tiny(tmp_path / "c.airgap", publisher.pub).unpack_to(tmp_path / "dest")
+    tag = f"tiny-changed:{uuid.uuid4().hex[:8]}"
+    assert main(["build", str(dest), "--tag", tag, "--quiet"]) == 0
+    old = engine._api.inspect_image("tiny-model:1.0-test")["RootFS"]["Layers"]
+    new = engine._api.inspect_image(tag)["RootFS"]["Layers"]
+    assert new[:-1] == old[:-1]  # base, runtime and model layers reused from the cache
+    assert new[-1] != old[-1]
+    engine.remove_image(tag)
+
+
+@pytest.mark.docker
+def test_run_refuses_a_site_packages_file_edited_after_unpack(
+    tmp_path: Path,
+    tiny: Tiny,
+    built: Path,
+    engine: DockerEngine,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dest = tiny.unpack_to(tmp_path / "dest")
+    (dest / "site-packages" / "tinylib" / "__init__.py").write_bytes(TINYLIB + b"import os\n")
+    assert main(["run", str(dest), "--detach", "--port", "0"]) == 3
+    err = capsys.readouterr().err
+    assert "site-packages/tinylib/__init__.py" in err
+    assert "changed since unpack" in err
+    assert engine.containers_with_labels({LABEL_DEST: str(dest.resolve())}) == []
+
+
+@pytest.mark.docker
+def test_run_without_network_scores_from_inside_the_container(
+    built: Path,
+    engine: DockerEngine,
+    capsys: pytest.CaptureFixture[str],
+    stop_after: list[Path],
+) -> None:
+    stop_after.append(built)
+    code, out = cli_json(["run", str(built), "--no-network", "--detach"], capsys)
+    assert code == 0, out
+    assert out["scoring_uri"] is None
+    cid = str(out["id"])
+    assert engine._api.inspect_container(cid)["HostConfig"]["NetworkMode"] == "none"
+    probe = (
+        "import json, urllib.request as u; "
+        "r = u.urlopen(u.Request('http://127.0.0.1:5001/score', "
+        f"data=json.dumps({{'data': {ROWS}}}).encode())); print(r.read().decode())"
+    )
+    code, text = engine.exec_probe(cid, ["python3", "-c", probe])
+    assert code == 0, text
+    assert json.loads(text)["predictions"] == EXPECTED
+    # Nothing but loopback inside: the container cannot reach any other address.
+    code, text = engine.exec_probe(cid, ["sh", "-c", "ls /sys/class/net"])
+    assert text.split() == ["lo"]
+    assert main(["stop", str(built)]) == 0
+
+
+@pytest.mark.docker
+def test_run_twice_is_refused_and_a_failed_start_shows_the_log(
+    tmp_path: Path,
+    tiny: Tiny,
+    built: Path,
+    capsys: pytest.CaptureFixture[str],
+    stop_after: list[Path],
+    engine: DockerEngine,
+) -> None:
+    stop_after.append(built)
+    assert main(["run", str(built), "--detach", "--port", "0"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(built), "--detach", "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "is already running as " + container_name(check_unpacked(built, roots=()), built.resolve())
+        in err
+    )
+    assert "airgap stop DEST" in err
+    assert main(["stop", str(built)]) == 0
+
+    # Dynamic mode with the wheels folder emptied after unpack is refused before starting.
+    dest = tiny.unpack_to(tmp_path / "dest")
+    (dest / "wheels" / "requirements.txt").write_text("tinylib==2.0\n")
+    assert main(["run", str(dest), "--mode", "dynamic", "--detach"]) == 3
+
+
+@pytest.mark.docker
+def test_run_without_a_built_image_says_to_build(
+    tmp_path: Path,
+    publisher: KeyPair,
+    base_id: str,
+    engine: DockerEngine,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A different created time: a different payload, so no image carries its revision.
+    files = tiny_files(base_id)
+    sources = [SourceFile(p, d, m) for p, (d, m) in files.items()]
+    meta = BundleMeta(
+        name="tiny-model",
+        version="1.0+test",
+        created=1_700_000_123,
+        target=TARGET,
+        entry_script="app/score.py",
+        mode="baked",
+        base_image=BaseImage(BASE_REF, base_id, included=False),
+    )
+    write_bundle(tmp_path / "u.airgap", sources, meta, publisher.private, threads=1)
+    dest = Tiny(tmp_path / "u.airgap", publisher.pub).unpack_to(tmp_path / "dest")
+    assert main(["run", str(dest), "--detach"]) == 1
+    err = capsys.readouterr().err
+    assert "no baked image of tiny-model 1.0+test is built from this bundle" in err
+    assert "airgap build DEST --variant baked" in err
+
+
+@pytest.mark.docker
+def test_a_failing_init_streams_the_container_log(
+    tmp_path: Path,
+    publisher: KeyPair,
+    base_id: str,
+    engine: DockerEngine,
+    capsys: pytest.CaptureFixture[str],
+    stop_after: list[Path],
+) -> None:
+    files = tiny_files(base_id)
+    files["app/score.py"] = (
+        b"def init():\n    raise RuntimeError('model file is corrupt')\n\n"
+        b"def run(raw):\n    return raw\n",
+        0o644,
+    )
+    sources = [SourceFile(p, d, m) for p, (d, m) in files.items()]
+    meta = BundleMeta(
+        name="tiny-broken",
+        version="1.0",
+        created=1_700_000_000,
+        target=TARGET,
+        entry_script="app/score.py",
+        mode="mounted",
+        base_image=BaseImage(BASE_REF, base_id, included=False),
+    )
+    write_bundle(tmp_path / "f.airgap", sources, meta, publisher.private, threads=1)
+    dest = Tiny(tmp_path / "f.airgap", publisher.pub).unpack_to(tmp_path / "dest")
+    stop_after.append(dest)
+    assert main(["build", str(dest), "--quiet"]) == 0
+    assert main(["run", str(dest), "--detach", "--port", "0", "--timeout", "60"]) == 1
+    err = capsys.readouterr().err
+    assert "model file is corrupt" in err  # from the container's own log
+    assert "the container exited during start" in err
+    assert engine.containers_with_labels({LABEL_DEST: str(dest.resolve())}) == []
+    engine.remove_image("tiny-broken:1.0")
+
+
+def test_run_local_serves_without_docker(
+    tmp_path: Path, publisher: KeyPair, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = write_tiny_bundle(tmp_path / "b.airgap", publisher, "sha256:" + "ab" * 32)
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
+    assert main(["run", str(dest), "--local", "--detach"]) == 2
+    assert "--detach needs Docker" in capsys.readouterr().err
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bundler", "run", str(dest), "--local", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        result = None
+        while result is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                result = post_score(f"http://127.0.0.1:{port}/score", ROWS)
+            except OSError:
+                time.sleep(0.2)
+        assert result is not None, "no answer from the local runner"
+        assert result["predictions"] == EXPECTED
+        assert result["lib"] == str(dest / "site-packages" / "tinylib" / "__init__.py")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
