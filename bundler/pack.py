@@ -26,7 +26,7 @@ from .layout import (
 from .lock import for_target, parse_lock, render_lock
 from .progress import NullProgress, Progress
 from .project import Project, load_project
-from .sitetree import build_site_tree
+from .sitetree import build_site_tree, compile_bytecode
 from .target import Target
 from .wheels import fetch_wheels
 
@@ -167,6 +167,10 @@ def pack(
         progress.advance(len(wheels))
         build_site_tree(runtime_wheels, target, work / "runtime-lib")
         progress.advance(len(runtime_wheels))
+        progress.finish()
+        progress.start("compiling bytecode")
+        for tree in (work / "site", work / "runtime-lib"):
+            compile_bytecode(tree, target)
         progress.finish()
         base, base_files = _base_image(project, include_base_image, work)
         files: list[SourceFile] = [

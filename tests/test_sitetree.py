@@ -357,3 +357,65 @@ def test_cross_target_tree_from_a_real_aarch64_wheel(tmp_path: Path) -> None:
     # The same wheels again give a byte-identical tree.
     build_site_tree(wheels, target, tmp_path / "again")
     assert snapshot(dest) == snapshot(tmp_path / "again")
+
+
+# ---- bytecode ---------------------------------------------------------------------------
+
+_SOURCE = "FLAGS = {'alpha', 'beta', 'gamma', 'delta'}\n\ndef f(x):\n    return x in FLAGS\n"
+
+
+def _compiled_tree(root: Path) -> Path:
+    tree = root / "site"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / "pkg" / "__init__.py").write_text(_SOURCE)
+    return tree
+
+
+def test_bytecode_is_hash_based_and_identical_across_builds(tmp_path: Path) -> None:
+    from bundler.sitetree import compile_bytecode
+
+    host = Target.create(f"{sys.version_info[0]}.{sys.version_info[1]}", ["manylinux_2_17_x86_64"])
+    pycs = []
+    for name in ("one", "two"):
+        tree = _compiled_tree(tmp_path / name)
+        assert compile_bytecode(tree, host) is True
+        (pyc,) = (tree / "pkg" / "__pycache__").iterdir()
+        assert stat.S_IMODE(pyc.stat().st_mode) == 0o644
+        pycs.append(pyc.read_bytes())
+    assert pycs[0] == pycs[1]  # different build folders, set constants: same bytes
+    flags = int.from_bytes(pycs[0][4:8], "little")
+    assert flags == 0b11  # PEP 552: hash-based (bit 0) and checked (bit 1)
+    assert str(tmp_path).encode() not in pycs[0]
+
+
+def test_bytecode_is_loaded_instead_of_compiling(tmp_path: Path) -> None:
+    from bundler.sitetree import compile_bytecode
+
+    host = Target.create(f"{sys.version_info[0]}.{sys.version_info[1]}", ["manylinux_2_17_x86_64"])
+    tree = _compiled_tree(tmp_path)
+    compile_bytecode(tree, host)
+    # Compiling from source would call source_to_code; make that fail, so the import only
+    # succeeds if the shipped hash-based pyc is accepted as it is.
+    code = (
+        "import importlib._bootstrap_external as ext\n"
+        "def refuse(*a, **k): raise SystemExit('compiled from source')\n"
+        "ext.SourceLoader.source_to_code = refuse\n"
+        "import pkg; print(pkg.f('beta'))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-B", "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tree), "PATH": os.environ["PATH"]},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"
+
+
+def test_cross_target_tree_gets_no_bytecode(tmp_path: Path) -> None:
+    from bundler.sitetree import compile_bytecode
+
+    tree = _compiled_tree(tmp_path)
+    other = "3.12" if sys.version_info[:2] != (3, 12) else "3.11"
+    assert compile_bytecode(tree, Target.create(other, ["manylinux_2_17_x86_64"])) is False
+    assert not (tree / "pkg" / "__pycache__").exists()
