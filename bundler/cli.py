@@ -428,12 +428,14 @@ class _TerminalProgress:
 
     def __init__(self) -> None:
         self._label = ""
+        self._unit = "B"
         self._total: int | None = None
         self._done = 0
         self._last = 0.0
 
-    def start(self, label: str, total: int | None = None) -> None:
-        self._label, self._total, self._done, self._last = label, total, 0, 0.0
+    def start(self, label: str, total: int | None = None, unit: str = "B") -> None:
+        self._label, self._total, self._unit = label, total, unit
+        self._done, self._last = 0, 0.0
         self._draw(force=True)
 
     def advance(self, amount: int = 1) -> None:
@@ -450,11 +452,13 @@ class _TerminalProgress:
         if not force and now - self._last < 0.1:
             return
         self._last = now
-        if self._total:
+        if self._total and self._unit == "B":
             pct = 100 * self._done / self._total
             text = f"\r{self._label}: {pct:5.1f}% ({_human(self._done)} of {_human(self._total)})"
+        elif self._total:
+            text = f"\r{self._label}: {self._done} of {self._total} {self._unit}"
         else:
-            text = f"\r{self._label}: {self._done}"
+            text = f"\r{self._label} ..."
         click.echo(text.ljust(72), err=True, nl=False)
 
 

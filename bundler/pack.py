@@ -162,7 +162,7 @@ def pack(
         work = Path(tmp)
         wheels = fetch_wheels(reqs, target, cache_dir=cache_dir, progress=progress)
         runtime_wheels = fetch_wheels(runtime_reqs, target, cache_dir=cache_dir, progress=progress)
-        progress.start("building site-packages", len(wheels) + len(runtime_wheels))
+        progress.start("building site-packages", len(wheels) + len(runtime_wheels), unit="wheels")
         installed = build_site_tree(wheels, target, work / "site")
         progress.advance(len(wheels))
         build_site_tree(runtime_wheels, target, work / "runtime-lib")

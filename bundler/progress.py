@@ -8,8 +8,8 @@ from typing import Protocol
 class Progress(Protocol):
     """Receives progress of one long step at a time (download, tree build, compression)."""
 
-    def start(self, label: str, total: int | None = None) -> None:
-        """A step begins; ``total`` is in the step's own units (bytes or items), if known."""
+    def start(self, label: str, total: int | None = None, unit: str = "B") -> None:
+        """A step begins; ``total`` is counted in ``unit`` ("B" for bytes, or e.g. "wheels")."""
 
     def advance(self, amount: int = 1) -> None:
         """``amount`` more units are done."""
@@ -21,7 +21,7 @@ class Progress(Protocol):
 class NullProgress:
     """Reports nothing: the default for library callers and non-terminal output."""
 
-    def start(self, label: str, total: int | None = None) -> None:
+    def start(self, label: str, total: int | None = None, unit: str = "B") -> None:
         pass
 
     def advance(self, amount: int = 1) -> None:

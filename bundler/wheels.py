@@ -92,7 +92,7 @@ def fetch_wheels(
     progress = progress or NullProgress()
     cache = WheelCache(cache_dir or default_cache_dir())
     wanted = for_target(reqs, target)
-    progress.start("fetching wheels", total=len(wanted))
+    progress.start("fetching wheels", total=len(wanted), unit="wheels")
     found: dict[str, Path] = {}
     missing: list[LockedRequirement] = []
     for req in wanted:

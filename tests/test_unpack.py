@@ -128,7 +128,7 @@ class RecordingProgress:
     def __init__(self) -> None:
         self.steps: list[tuple[str, int | None, int]] = []
 
-    def start(self, label: str, total: int | None = None) -> None:
+    def start(self, label: str, total: int | None = None, unit: str = "B") -> None:
         self.steps.append((label, total, 0))
 
     def advance(self, amount: int = 1) -> None:

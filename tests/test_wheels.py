@@ -179,7 +179,7 @@ class RecordingProgress:
     def __init__(self) -> None:
         self.events: list[tuple[str, object]] = []
 
-    def start(self, label: str, total: int | None = None) -> None:
+    def start(self, label: str, total: int | None = None, unit: str = "B") -> None:
         self.events.append(("start", total))
 
     def advance(self, amount: int = 1) -> None:
