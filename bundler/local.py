@@ -1,0 +1,575 @@
+"""The local runner: serve a verified, unpacked bundle from a cached, isolated virtualenv.
+
+The same runtime as the image (``runtime/airgap_runtime``) runs from a virtualenv made once
+in DEST/.airgap/venv from a host interpreter of the bundle's Python version. Only the bundle's
+own trees are on its path: nothing from the host's site-packages, user site or PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Final
+
+from .errors import LocalRunnerError
+from .formats.manifest import Manifest
+from .layout import (
+    APP_DIR,
+    MODEL_DIR,
+    RUNTIME_DIR,
+    RUNTIME_LIB,
+    RUNTIME_PACKAGE,
+    SCORING_PORT,
+    SITE_DIR,
+    STATE_VENV,
+    WHEELS_DIR,
+    WHEELS_REQUIREMENTS,
+)
+from .verify.tree import check_unpacked
+
+DEFAULT_HOST: Final = "127.0.0.1"  # local serving stays on this machine unless asked
+VENV_MARKER: Final = "airgap-venv.json"
+VENV_FORMAT: Final = 1
+# What `serve` re-checks before every start; docker/ (a base image tar can be gigabytes) is
+# never executed by the local runner, so it is not hashed again here.
+SERVE_ROOTS: Final = frozenset({APP_DIR, MODEL_DIR, SITE_DIR, WHEELS_DIR, RUNTIME_DIR})
+# Environment variables the runner always sets itself; the host's values never pass through.
+_RUNNER_OWNED: Final = frozenset(
+    {
+        "AZUREML_ENTRY_SCRIPT",
+        "AZUREML_MODEL_DIR",
+        "AZUREML_EXTRA_PYTHON_LIB_PATH",
+        "AZUREML_EXTRA_REQUIREMENTS_TXT",
+        "AIRGAP_HOST",
+        "AIRGAP_PORT",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "CONDA_DEFAULT_ENV",
+        "__PYVENV_LAUNCHER__",
+    }
+)
+# Prefixes of variables that change what Python or pip load: PYTHONPATH, PYTHONHOME,
+# PYTHONSTARTUP, PIP_FIND_LINKS, PIP_CONFIG_FILE ... all dropped, then set by us.
+_DROPPED_PREFIXES: Final = ("PYTHON", "PIP_")
+_PROBE: Final = (
+    "import sys; print(sys.implementation.name, '%d.%d' % sys.version_info[:2], sys.executable)"
+)
+
+Verifier = Callable[[Path, "Sequence[Path] | None"], Manifest]
+
+
+def _verify_for_serving(dest: Path, trust: Sequence[Path] | None) -> Manifest:
+    return check_unpacked(dest, trust=trust, roots=SERVE_ROOTS)
+
+
+# ---- finding a host interpreter --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """A host Python, as it reported itself."""
+
+    path: Path
+    implementation: str  # sys.implementation.name, e.g. "cpython"
+    version: str  # "3.11"
+
+
+def probe_interpreter(candidate: str | Path) -> Interpreter | None:
+    """Ask ``candidate`` what it is; None when it does not run (e.g. an inactive pyenv shim)."""
+    try:
+        proc = subprocess.run(
+            [str(candidate), "-I", "-c", _PROBE],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    parts = proc.stdout.strip().split(" ", 2)
+    if proc.returncode != 0 or len(parts) != 3:
+        return None
+    return Interpreter(Path(parts[2]), parts[0], parts[1])
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else -1 for p in name.split("."))
+
+
+def candidate_interpreters(version: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Places a Python ``version`` may be, best first: this Python, PATH, pyenv, system dirs."""
+    env = os.environ if environ is None else environ
+    found: list[str] = []
+    if "{}.{}".format(*sys.version_info[:2]) == version:
+        found.append(sys.executable)
+    on_path = shutil.which(f"python{version}", path=env.get("PATH"))
+    if on_path:
+        found.append(on_path)
+    pyenv_root = Path(env.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    versions = pyenv_root / "versions"
+    if versions.is_dir():
+        # Newest patch release first: 3.11.9 before 3.11.7.
+        names = sorted(
+            (p.name for p in versions.iterdir() if p.name.startswith(f"{version}.")),
+            key=_version_key,
+            reverse=True,
+        )
+        found.extend(str(versions / n / "bin" / f"python{version}") for n in names)
+    for folder in ("/usr/local/bin", "/usr/bin"):
+        found.append(f"{folder}/python{version}")
+    unique: list[str] = []
+    for c in found:
+        if c not in unique:
+            unique.append(c)
+    return unique
+
+
+def find_python(version: str, implementation: str = "cp") -> Interpreter:
+    """The first host interpreter that reports ``version`` (e.g. "3.11") and is CPython.
+
+    Raises:
+        LocalRunnerError: none was found; the message names the Python the bundle needs.
+    """
+    wanted_impl = "cpython" if implementation == "cp" else implementation
+    for candidate in candidate_interpreters(version):
+        if not (os.path.isabs(candidate) and Path(candidate).exists()):
+            continue
+        found = probe_interpreter(candidate)
+        if found and found.version == version and found.implementation == wanted_impl:
+            return found
+    raise LocalRunnerError(
+        f"the bundle needs Python {version} ({wanted_impl}), and none was found on this machine "
+        f"(looked for python{version} on PATH, in pyenv and in /usr/bin, /usr/local/bin)",
+        remedy=f"install Python {version} (e.g. `apt-get install python{version}` or "
+        f"`pyenv install {version}`), or use the Docker path: airgap build / airgap run",
+    )
+
+
+# ---- the cached virtualenv -------------------------------------------------------------
+
+
+def _marker(interpreter: Interpreter, with_pip: bool) -> dict[str, object]:
+    return {
+        "format": VENV_FORMAT,
+        "python": interpreter.version,
+        "base": str(interpreter.path),
+        "pip": with_pip,
+    }
+
+
+def _venv_usable(venv: Path, want: dict[str, object]) -> bool:
+    try:
+        have = json.loads((venv / VENV_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    if have != want:
+        return False
+    found = probe_interpreter(venv / "bin" / "python")
+    return found is not None and found.version == want["python"]
+
+
+def ensure_venv(state_dir: Path, interpreter: Interpreter, *, with_pip: bool = False) -> Path:
+    """The cached virtualenv's python under ``state_dir`` (DEST/.airgap), made once, offline.
+
+    It is built in a staging folder beside its final place and renamed in, so a killed run
+    never leaves a half-made environment that later runs would trust. ``with_pip`` seeds pip
+    from virtualenv's embedded wheels (no download), for bundles that install wheels at start.
+
+    Raises:
+        LocalRunnerError: virtualenv failed.
+    """
+    venv = state_dir / Path(STATE_VENV).name
+    want = _marker(interpreter, with_pip)
+    if _venv_usable(venv, want):
+        return venv / "bin" / "python"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix="venv.stage-", dir=state_dir))
+    try:
+        built = stage / "venv"
+        seed = (
+            ["--seeder", "app-data", "--no-download", "--no-setuptools"]
+            if with_pip
+            else ["--no-seed"]
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "virtualenv",
+            *seed,
+            "--python",
+            str(interpreter.path),
+            "--activators",
+            "",
+            "--no-periodic-update",
+            "--app-data",
+            str(stage / "app-data"),
+            "--quiet",
+            str(built),
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_PREFIXES)}
+        env["VIRTUALENV_NO_DOWNLOAD"] = "1"
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        except OSError as e:
+            raise LocalRunnerError(
+                f"cannot run virtualenv: {e}", remedy="reinstall airgap-bundler"
+            ) from e
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            raise LocalRunnerError(
+                f"creating the virtualenv with {interpreter.path} failed: " + " | ".join(detail),
+                remedy="check that this Python runs and has its standard library",
+            )
+        (built / VENV_MARKER).write_text(json.dumps(want, sort_keys=True) + "\n")
+        if venv.exists():
+            shutil.rmtree(venv)
+        try:
+            os.replace(built, venv)
+        except OSError:
+            # Another `serve` of the same DEST won the race: use its environment if good.
+            if not _venv_usable(venv, want):
+                raise LocalRunnerError(
+                    f"cannot install the virtualenv at {venv}",
+                    remedy=f"remove {venv} and try again",
+                ) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return venv / "bin" / "python"
+
+
+# ---- the server's environment and command ----------------------------------------------
+
+
+def scoring_environment(
+    dest: Path, manifest: Manifest, host_env: Mapping[str, str]
+) -> dict[str, str]:
+    """The scoring process's environment (pure).
+
+    Precedence, lowest first: the host's environment (tunables such as WORKER_COUNT pass
+    through), the bundle's ``env`` for names the host does not set, then the runner's own
+    paths. Every PYTHON* and PIP_* variable is dropped and replaced by ours.
+    """
+
+    def keep(name: str) -> bool:
+        return name not in _RUNNER_OWNED and not name.startswith(_DROPPED_PREFIXES)
+
+    env = {k: v for k, v in host_env.items() if keep(k)}
+    for name, value in manifest.env.items():
+        if keep(name) and name not in env:
+            env[name] = value
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join([str(dest / RUNTIME_DIR), str(dest / RUNTIME_LIB)]),
+            "PYTHONNOUSERSITE": "1",
+            # The verified tree must stay byte-identical: no __pycache__ written into it.
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONSAFEPATH": "1",  # 3.11+: the working folder is not put on sys.path
+            "PYTHONUNBUFFERED": "1",
+            # Host pip configuration (index URLs, find-links) must not reach an offline install.
+            "PIP_CONFIG_FILE": os.devnull,
+            "PIP_NO_INDEX": "1",
+            "AZUREML_ENTRY_SCRIPT": str(dest / manifest.entry_script),
+            "AZUREML_MODEL_DIR": str(dest / MODEL_DIR),
+        }
+    )
+    if manifest.mode == "dynamic":
+        env["AZUREML_EXTRA_REQUIREMENTS_TXT"] = str(dest / WHEELS_REQUIREMENTS)
+    else:
+        env["AZUREML_EXTRA_PYTHON_LIB_PATH"] = str(dest / SITE_DIR)
+    return env
+
+
+def server_command(python: Path, host: str, port: int) -> list[str]:
+    """The runtime's command line in the virtualenv."""
+    return [str(python), "-m", RUNTIME_PACKAGE, "--host", host, "--port", str(port)]
+
+
+def _client_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+# ---- the server process ----------------------------------------------------------------
+
+
+class LocalServer:
+    """One scoring server for an unpacked DEST, as a child process.
+
+    ``start()`` re-verifies DEST against its signed manifest, makes (or reuses) the
+    virtualenv and starts the runtime; ``wait_healthy()`` returns once ``GET /`` answers
+    (after init() has run); ``stop()`` ends it gracefully (SIGTERM). Also a context manager
+    that starts, waits until healthy, and stops::
+
+        with LocalServer(dest, port=5001) as server:
+            requests.post(server.url + "/score", json=...)
+
+    ``log`` is a file for the server's output (default: this process's stderr).
+    ``verify`` replaces the tree check; the CLI always uses the real one.
+    """
+
+    def __init__(
+        self,
+        dest: Path,
+        *,
+        port: int = SCORING_PORT,
+        host: str = DEFAULT_HOST,
+        trust: Sequence[Path] | None = None,
+        log: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        verify: Verifier | None = None,
+    ) -> None:
+        self.dest = Path(os.path.abspath(dest))
+        self.port = port
+        self.host = host
+        self.trust = list(trust) if trust else None
+        self.log = log
+        self._environ = dict(os.environ if environ is None else environ)
+        self._verify = verify or _verify_for_serving
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self.manifest: Manifest | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL to reach the server from this machine, e.g. http://127.0.0.1:5001."""
+        return f"http://{_client_host(self.host)}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def prepare(self) -> tuple[list[str], dict[str, str]]:
+        """Verify DEST, find the Python, make the virtualenv; return (command, environment).
+
+        Raises:
+            TreeModifiedError and other BundleRejected: DEST does not match its manifest.
+            BundleError: DEST is not an unpacked bundle.
+            LocalRunnerError: no matching Python, or the virtualenv cannot be made.
+        """
+        manifest = self._verify(self.dest, self.trust)
+        self.manifest = manifest
+        interpreter = find_python(manifest.target.python, manifest.target.implementation)
+        python = ensure_venv(
+            self.dest / Path(STATE_VENV).parent, interpreter, with_pip=manifest.mode == "dynamic"
+        )
+        env = scoring_environment(self.dest, manifest, self._environ)
+        return server_command(python, self.host, self.port), env
+
+    def start(self) -> None:
+        """Start the server in the background (see ``prepare`` for what can fail)."""
+        if self._proc is not None and self._proc.poll() is None:
+            raise LocalRunnerError("this server is already running", remedy="stop() it first")
+        cmd, env = self.prepare()
+        out: IO[bytes] | None = None
+        if self.log is not None:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            out = self._log_file = self.log.open("ab")
+        try:
+            # Own session: a terminal's Ctrl-C reaches only us, and we stop the server
+            # gracefully; the process group lets stop() end stuck workers too.
+            self._proc = subprocess.Popen(
+                cmd,
+                cwd=self.dest / APP_DIR,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                # Both streams are the server's log; without a log file they go to our
+                # stderr, so our stdout stays clean for `--json` output.
+                stdout=out if out is not None else 2,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as e:
+            self._close_log()
+            raise LocalRunnerError(
+                f"cannot start the scoring server: {e}", remedy=f"remove {self.dest / STATE_VENV}"
+            ) from e
+
+    def _log_tail(self, lines: int = 25) -> str:
+        if self.log is None:
+            return "see the server's output above"
+        try:
+            text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return f"see {self.log}"
+        return "server log:\n" + "\n".join(text)
+
+    def wait_healthy(self, timeout: float = 120.0) -> None:
+        """Block until ``GET /`` answers ``Healthy``.
+
+        Raises:
+            LocalRunnerError: the server exited (e.g. init() failed) or did not answer in time.
+        """
+        proc = self._require()
+        deadline = time.monotonic() + timeout
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise LocalRunnerError(
+                    f"the scoring server exited with status {code} before it was healthy; "
+                    + self._log_tail(),
+                    remedy="fix the error shown (often init() in the entry script)",
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LocalRunnerError(
+                    f"the scoring server did not answer on {self.url}/ within {timeout:.0f}s; "
+                    + self._log_tail(),
+                    remedy="check that the port is free and init() finishes",
+                )
+            try:
+                with urllib.request.urlopen(  # noqa: S310 - our own http:// URL
+                    self.url + "/", timeout=min(left, 5.0)
+                ) as resp:
+                    if resp.status == 200 and resp.read() == b"Healthy":
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.05)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the server to exit on its own; return its exit status."""
+        proc = self._require()
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired as e:
+            raise LocalRunnerError(f"the scoring server is still running after {timeout}s") from e
+
+    def stop(self, timeout: float = 40.0) -> int | None:
+        """Stop gracefully (SIGTERM: running requests finish), then force after ``timeout``."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                # Only the group this runner created: the master and its workers.
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._close_log()
+        return proc.returncode
+
+    def _require(self) -> subprocess.Popen[bytes]:
+        if self._proc is None:
+            raise LocalRunnerError("the server was not started", remedy="call start() first")
+        return self._proc
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> LocalServer:
+        self.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _StopRequested(Exception):
+    """SIGINT or SIGTERM arrived while serving in the foreground."""
+
+
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class _SignalGuard:
+    """Turns SIGINT and SIGTERM into an exception while the foreground server runs.
+
+    Set explicitly rather than relying on Python's default: a shell starts background jobs
+    with SIGINT ignored, and then Ctrl-C-like stops would never reach us. Restored on exit.
+    """
+
+    previous: dict[int, object] = field(default_factory=dict)
+
+    def _raise(self, signum: int, frame: FrameType | None) -> None:
+        raise _StopRequested
+
+    def __enter__(self) -> _SignalGuard:
+        for sig in _STOP_SIGNALS:
+            self.previous[sig] = signal.signal(sig, self._raise)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def serve(
+    dest: Path,
+    *,
+    port: int = SCORING_PORT,
+    host: str = DEFAULT_HOST,
+    trust: Sequence[Path] | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    ready_timeout: float = 120.0,
+) -> None:
+    """Serve DEST in the foreground until SIGINT (Ctrl-C) or SIGTERM, then stop gracefully.
+
+    ``on_ready(url)`` is called once the server answers. Used by `airgap serve` and
+    `airgap run --local`; must run in the main thread (it handles SIGTERM).
+
+    Raises:
+        TreeModifiedError, BundleError: DEST is not a verified unpacked bundle.
+        LocalRunnerError: no matching Python, the environment or server failed, or the
+            server exited on its own with a non-zero status.
+    """
+    server = LocalServer(dest, port=port, host=host, trust=trust)
+    with _SignalGuard():
+        try:
+            server.start()
+            server.wait_healthy(ready_timeout)
+            if on_ready is not None:
+                on_ready(server.url)
+            code = server.wait()
+        except (KeyboardInterrupt, _StopRequested):
+            server.stop()
+            return
+        except BaseException:
+            server.stop()
+            raise
+    if code != 0:
+        raise LocalRunnerError(
+            f"the scoring server exited with status {code}",
+            remedy="see its log above",
+        )
+
+
+__all__ = [
+    "DEFAULT_HOST",
+    "Interpreter",
+    "LocalServer",
+    "ensure_venv",
+    "find_python",
+    "scoring_environment",
+    "serve",
+    "server_command",
+]

@@ -1,0 +1,153 @@
+"""The runtime's settings: read from the environment (and a few flags), checked once at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+# Environment variable names. The first group is Azure ML's own contract; the AIRGAP_ ones are
+# ours, for what Azure ML's server does not offer.
+ENTRY_SCRIPT = "AZUREML_ENTRY_SCRIPT"
+MODEL_DIR = "AZUREML_MODEL_DIR"
+EXTRA_LIB_PATH = "AZUREML_EXTRA_PYTHON_LIB_PATH"
+EXTRA_REQUIREMENTS = "AZUREML_EXTRA_REQUIREMENTS_TXT"
+WORKER_COUNT = "WORKER_COUNT"
+WORKER_TIMEOUT = "WORKER_TIMEOUT"
+SCORING_TIMEOUT_MS = "SCORING_TIMEOUT_MS"
+LOG_LEVEL = "AZUREML_LOG_LEVEL"
+MAX_REQUEST_BYTES = "AIRGAP_MAX_REQUEST_BYTES"
+HOST = "AIRGAP_HOST"
+PORT = "AIRGAP_PORT"
+
+DEFAULT_PORT = 5001
+DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - a container's server must listen on all interfaces
+DEFAULT_WORKERS = 1
+DEFAULT_WORKER_TIMEOUT = 300  # seconds, Azure ML's default
+# Below WORKER_TIMEOUT on purpose: a slow run() gets a clean 504 before gunicorn kills the worker.
+DEFAULT_SCORING_TIMEOUT_MS = 60_000
+DEFAULT_MAX_REQUEST_BYTES = 100 * 1024 * 1024
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or names a path that does not exist (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs, validated. Paths are absolute."""
+
+    entry_script: Path
+    model_dir: Path | None
+    extra_lib_paths: tuple[Path, ...]
+    extra_requirements: Path | None
+    host: str
+    port: int
+    workers: int
+    worker_timeout: int  # seconds; gunicorn kills a worker silent for longer
+    scoring_timeout_ms: int  # milliseconds; 0 turns the per-request cut-off off
+    max_request_bytes: int  # bytes of request body; larger bodies get 413
+    log_level: str
+
+    @property
+    def bind(self) -> str:
+        """The address in gunicorn's notation (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _port(env: Mapping[str, str]) -> int:
+    port = _int(env, PORT, DEFAULT_PORT, 0)
+    if port > 65535:
+        raise ConfigError(f"{PORT}={port} is not a TCP port (0-65535)")
+    return port
+
+
+def _resolve(raw: str, base: Path) -> Path:
+    path = Path(os.path.expanduser(raw))
+    return path if path.is_absolute() else base / path
+
+
+def load_settings(env: Mapping[str, str], cwd: Path) -> Settings:
+    """Read and check the settings from ``env``; relative paths follow Azure ML's rules.
+
+    AZUREML_ENTRY_SCRIPT is relative to ``cwd``; the lib path and requirements file are
+    relative to the entry script's folder.
+
+    Raises:
+        ConfigError: a value is malformed, a named path is missing, or both package modes
+            are set at once.
+    """
+    raw_entry = env.get(ENTRY_SCRIPT, "").strip()
+    if not raw_entry:
+        raise ConfigError(f"{ENTRY_SCRIPT} is not set; point it at the entry script (score.py)")
+    entry = _resolve(raw_entry, cwd).absolute()
+    if not entry.is_file():
+        raise ConfigError(f"{ENTRY_SCRIPT}={raw_entry}: no such file ({entry})")
+    base = entry.parent
+
+    model_dir: Path | None = None
+    raw_model = env.get(MODEL_DIR, "").strip()
+    if raw_model:
+        model_dir = _resolve(raw_model, cwd).absolute()
+        if not model_dir.exists():
+            raise ConfigError(f"{MODEL_DIR}={raw_model}: no such file or folder ({model_dir})")
+
+    raw_lib = env.get(EXTRA_LIB_PATH, "").strip()
+    raw_req = env.get(EXTRA_REQUIREMENTS, "").strip()
+    if raw_lib and raw_req:
+        # Azure ML's two package paths exclude each other: mixing them makes the effective
+        # set of packages depend on install order, which is what a bundle exists to prevent.
+        raise ConfigError(
+            f"{EXTRA_LIB_PATH} and {EXTRA_REQUIREMENTS} are both set; set only one of them"
+        )
+    lib_paths: list[Path] = []
+    for part in raw_lib.split(os.pathsep) if raw_lib else ():
+        if not part.strip():
+            continue
+        path = _resolve(part.strip(), base).absolute()
+        if not path.is_dir():
+            raise ConfigError(f"{EXTRA_LIB_PATH}: {part}: no such folder ({path})")
+        lib_paths.append(path)
+
+    requirements: Path | None = None
+    if raw_req:
+        requirements = _resolve(raw_req, base).absolute()
+        if not requirements.is_file():
+            raise ConfigError(f"{EXTRA_REQUIREMENTS}={raw_req}: no such file ({requirements})")
+
+    log_level = env.get(LOG_LEVEL, "info").strip().lower() or "info"
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"{LOG_LEVEL}={log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+
+    return Settings(
+        entry_script=entry,
+        model_dir=model_dir,
+        extra_lib_paths=tuple(lib_paths),
+        extra_requirements=requirements,
+        host=env.get(HOST, "").strip() or DEFAULT_HOST,
+        port=_port(env),
+        workers=_int(env, WORKER_COUNT, DEFAULT_WORKERS, 1),
+        worker_timeout=_int(env, WORKER_TIMEOUT, DEFAULT_WORKER_TIMEOUT, 1),
+        scoring_timeout_ms=_int(env, SCORING_TIMEOUT_MS, DEFAULT_SCORING_TIMEOUT_MS, 0),
+        max_request_bytes=_int(env, MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES, 1),
+        log_level=log_level,
+    )

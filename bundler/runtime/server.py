@@ -1,0 +1,174 @@
+"""Process start-up: settings, sys.path, extra requirements, and the gunicorn master."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gunicorn.app.base import BaseApplication
+
+from . import config
+from .app import make_app
+from .entry import (
+    RequirementsError,
+    apply_paths,
+    environment_summary,
+    install_requirements,
+    load_entry_script,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .app import ScoringApp
+    from .config import Settings
+
+log = logging.getLogger("airgap_runtime")
+
+# Exit statuses of `python -m airgap_runtime` (documented in docs/runtime.md). gunicorn's master
+# itself exits 3 when a worker fails to boot (init() raised) and 1 on its own errors.
+EXIT_CONFIG = 2
+EXIT_BOOT = 3
+GRACEFUL_TIMEOUT = 30  # seconds a worker gets to finish its request after SIGTERM
+
+
+class ScoringServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no types
+    """gunicorn, configured from Settings; each worker imports the entry script and calls
+    init() before it accepts its first connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in gunicorn_options(self.settings).items():
+            # Settings of newer gunicorn releases are skipped on older ones.
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self) -> ScoringApp:
+        # Runs in each worker after fork (no preload): a model is loaded per process, as in
+        # Azure ML, so libraries that dislike fork after init (threads, GPU contexts) work.
+        entry = load_entry_script(self.settings.entry_script)
+        log.info("init() finished in %.3f s; worker ready", entry.init_seconds)
+        return make_app(entry, self.settings.scoring_timeout_ms, self.settings.max_request_bytes)
+
+
+def _worker_tmp_dir() -> str | None:
+    # gunicorn's heartbeat files: tmpfs avoids stalls on slow or read-only container disks.
+    shm = "/dev/shm"  # noqa: S108 - gunicorn's documented choice for the heartbeat directory
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    """The gunicorn settings for ``settings`` (pure, so tests can inspect them)."""
+    options: dict[str, Any] = {
+        "bind": [settings.bind],
+        "workers": settings.workers,
+        # sync workers: run() executes in the worker's main thread, which the SIGALRM-based
+        # scoring timeout needs, and CPU-bound scoring gains nothing from threads.
+        "worker_class": "sync",
+        "timeout": settings.worker_timeout,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
+        "errorlog": "-",
+        "loglevel": settings.log_level,
+        "accesslog": None,  # the app writes its own, cheaper access line
+        "proc_name": "airgap_runtime",
+        "preload_app": False,
+        # gunicorn >= 25 opens a control socket in $HOME by default: two servers would share it,
+        # and a read-only home would fail the start. The runtime needs none.
+        "control_socket_disable": True,
+    }
+    tmp = _worker_tmp_dir()
+    if tmp:
+        options["worker_tmp_dir"] = tmp
+    return options
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m airgap_runtime",
+        description="Serve an Azure ML entry script (init()/run()) over HTTP. Settings come from "
+        "the environment (see docs/runtime.md); these flags override it.",
+    )
+    parser.add_argument("--entry-script", help=f"overrides {config.ENTRY_SCRIPT}")
+    parser.add_argument("--model-dir", help=f"overrides {config.MODEL_DIR}")
+    parser.add_argument("--host", help=f"address to listen on (default {config.DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, help=f"TCP port (default {config.DEFAULT_PORT})")
+    parser.add_argument("--worker-count", type=int, help=f"overrides {config.WORKER_COUNT}")
+    return parser.parse_args(argv)
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(
+            "[%(asctime)s] [%(process)d] [%(levelname)s] airgap_runtime: %(message)s",
+            "%Y-%m-%d %H:%M:%S %z",
+        )
+    )
+    log.handlers[:] = [handler]
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until it is stopped; return the process exit status."""
+    args = _parse_args(argv)
+    overrides = {
+        config.ENTRY_SCRIPT: args.entry_script,
+        config.MODEL_DIR: args.model_dir,
+        config.HOST: args.host,
+        config.PORT: None if args.port is None else str(args.port),
+        config.WORKER_COUNT: None if args.worker_count is None else str(args.worker_count),
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            os.environ[key] = value
+    _setup_logging(os.environ.get(config.LOG_LEVEL, "info").strip().lower() or "info")
+    try:
+        settings = config.load_settings(os.environ, Path.cwd())
+    except config.ConfigError as e:
+        log.critical("configuration error: %s", e)
+        return EXIT_CONFIG
+    _setup_logging(settings.log_level)
+    if settings.model_dir is not None:
+        # The entry script reads it from the environment: hand it the absolute path.
+        os.environ[config.MODEL_DIR] = str(settings.model_dir)
+
+    master = os.getpid()
+    requirements_dir: str | None = None
+    try:
+        if settings.extra_requirements is not None:
+            log.info("installing %s offline", settings.extra_requirements)
+            try:
+                requirements_dir = install_requirements(settings.extra_requirements)
+            except RequirementsError as e:
+                log.critical("%s", e)
+                return EXIT_CONFIG
+        apply_paths(settings, requirements_dir)
+        log.info("%s", environment_summary())
+        log.info(
+            "serving %s on %s with %d worker(s); scoring timeout %s, max request %d bytes",
+            settings.entry_script,
+            settings.bind,
+            settings.workers,
+            f"{settings.scoring_timeout_ms} ms" if settings.scoring_timeout_ms else "off",
+            settings.max_request_bytes,
+        )
+        try:
+            ScoringServer(settings).run()
+        except SystemExit as e:
+            # gunicorn's arbiter (and each forked worker) leaves through sys.exit.
+            code = e.code
+            return code if isinstance(code, int) else (0 if code is None else 1)
+        return 0
+    finally:
+        # Forked workers unwind through here too: only the master owns the temp dir.
+        if requirements_dir and os.getpid() == master:
+            shutil.rmtree(requirements_dir, ignore_errors=True)

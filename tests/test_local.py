@@ -1,0 +1,428 @@
+"""The local runner against real signed, unpacked bundles: isolation, caching, stop, offline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from entry_scripts.harness import HERE, MODEL_DIR, free_port, http
+
+from bundler.assemble import BundleMeta, SourceFile, collect_tree, write_bundle
+from bundler.errors import LocalRunnerError, TreeModifiedError
+from bundler.formats.manifest import Target
+from bundler.formats.signing import generate_keypair, load_private_key
+from bundler.local import (
+    LocalServer,
+    ensure_venv,
+    find_python,
+    scoring_environment,
+    server_command,
+)
+from bundler.pack import runtime_sources
+from bundler.verify.tree import check_unpacked
+from bundler.verify.unpack import unpack
+
+PY = "{}.{}".format(*sys.version_info[:2])
+TARGET = Target(
+    python=PY,
+    implementation="cp",
+    abi=f"cp{PY.replace('.', '')}",
+    platforms=("manylinux_2_17_x86_64",),
+)
+SITE_MODULE = "airgap_site_probe"  # only in the bundle's site-packages
+
+
+def _host_package_files(name: str, prefix: str) -> list[SourceFile]:
+    """An installed pure-Python package of this host, as payload files (for runtime/lib)."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.submodule_search_locations
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return collect_tree(root, f"{prefix}/{name}")
+
+
+def _tiny_wheel(folder: Path, name: str, value: str) -> Path:
+    import zipfile
+
+    dist = f"{name}-1.0.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VALUE = {value!r}\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    files[f"{dist}/RECORD"] = "".join(f"{p},,\n" for p in files) + f"{dist}/RECORD,,\n"
+    wheel = folder / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("keys")
+    generate_keypair(folder, None)
+    return folder
+
+
+MakeDest = Callable[..., Path]
+
+
+@pytest.fixture(scope="module")
+def make_dest(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> MakeDest:
+    """Build a real signed bundle around an entry script and unpack it; return DEST."""
+
+    def make(
+        script: str = "probe.py", *, mode: str = "mounted", env: dict[str, str] | None = None
+    ) -> Path:
+        work = tmp_path_factory.mktemp("bundle")
+        files = [
+            SourceFile("app/score.py", HERE / script, 0o644),
+            SourceFile("model/linear.json", MODEL_DIR / "linear.json", 0o644),
+            SourceFile(
+                f"site-packages/{SITE_MODULE}/__init__.py", b"VALUE = 'from the bundle'\n", 0o644
+            ),
+            *runtime_sources(),
+            *_host_package_files("gunicorn", "runtime/lib"),
+            *_host_package_files("packaging", "runtime/lib"),
+        ]
+        if mode == "dynamic":
+            wheels = work / "wheels"
+            wheels.mkdir()
+            wheel = _tiny_wheel(wheels, "airgap_wheel_probe", "installed at start")
+            files.append(SourceFile(f"wheels/{wheel.name}", wheel, 0o644))
+            files.append(SourceFile("wheels/requirements.txt", b"airgap_wheel_probe==1.0\n", 0o644))
+        meta = BundleMeta(
+            name="probe",
+            version="1.0.0",
+            created=1_700_000_000,
+            target=TARGET,
+            entry_script="app/score.py",
+            mode=mode,  # type: ignore[arg-type]
+            env=env or {},
+        )
+        bundle = work / "probe.airgap"
+        write_bundle(bundle, files, meta, load_private_key(keys / "airgap.key", None))
+        dest = work / "dest"
+        unpack(bundle, dest, [keys / "airgap.pub"])
+        return dest
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def dest(make_dest: MakeDest) -> Path:
+    return make_dest()
+
+
+def _score(url: str, payload: dict[str, object]) -> dict[str, object]:
+    status, _, body = http("POST", url + "/score", json.dumps(payload).encode())
+    assert status == 200, body
+    result = json.loads(body)
+    assert isinstance(result, dict)
+    return result
+
+
+def test_serves_the_bundle_with_only_its_own_packages(dest: Path, tmp_path: Path) -> None:
+    leak = tmp_path / "leak"
+    leak.mkdir()
+    (leak / "leaky_module.py").write_text("VALUE = 'leaked from PYTHONPATH'\n")
+    (tmp_path / "startup.py").write_text("raise SystemExit('PYTHONSTARTUP ran')\n")
+    host_env = dict(
+        os.environ,
+        PYTHONPATH=str(leak),
+        PYTHONSTARTUP=str(tmp_path / "startup.py"),
+        PYTHONUSERBASE=str(leak),
+        PYTHONNOUSERSITE="",
+    )
+    server = LocalServer(dest, port=free_port(), log=tmp_path / "serve.log", environ=host_env)
+    with server:
+        bundled = _score(server.url, {"action": "import", "module": SITE_MODULE})
+        # Installed on the host (they run this very test), never in the bundle.
+        host_only = [
+            _score(server.url, {"action": "import", "module": m})
+            for m in ("pytest", "requests", "click", "leaky_module")
+        ]
+        environment = _score(server.url, {"action": "environment"})
+    assert bundled == {
+        "importable": True,
+        "value": "from the bundle",
+        "file": str(dest / "site-packages" / SITE_MODULE / "__init__.py"),
+    }
+    for result in host_only:
+        assert result["importable"] is False
+    sys_path = environment["sys_path"]
+    assert isinstance(sys_path, list)
+    assert sys_path[0] == str(dest / "site-packages")
+    host_site = [p for p in sys.path if p.endswith("site-packages")]
+    assert not set(host_site) & set(sys_path)
+    assert all(not p.startswith(str(leak)) for p in sys_path)
+    assert environment["prefix"] == str(dest / ".airgap" / "venv")
+    env = environment["env"]
+    assert isinstance(env, dict)
+    assert env["AZUREML_MODEL_DIR"] == str(dest / "model")
+    assert "PYTHONSTARTUP" not in env and "PYTHONUSERBASE" not in env
+
+
+def test_tree_is_unchanged_by_serving_and_venv_is_cached(dest: Path, tmp_path: Path) -> None:
+    with LocalServer(dest, port=free_port(), log=tmp_path / "a.log") as server:
+        _score(server.url, {"action": "size"})
+    marker = dest / ".airgap" / "venv" / "airgap-venv.json"
+    first = marker.stat().st_ino, marker.stat().st_mtime_ns
+    with LocalServer(dest, port=free_port(), log=tmp_path / "b.log") as server:
+        _score(server.url, {"action": "size"})
+    assert (marker.stat().st_ino, marker.stat().st_mtime_ns) == first
+    # No bytecode or other file was written into the verified tree.
+    check_unpacked(dest)
+    assert not list(dest.rglob("__pycache__"))
+
+
+def test_modified_tree_is_refused_before_starting(make_dest: MakeDest, tmp_path: Path) -> None:
+    dest = make_dest()
+    with (dest / "app" / "score.py").open("a") as f:
+        f.write("\n# edited after unpack\n")
+    server = LocalServer(dest, port=free_port(), log=tmp_path / "x.log")
+    with pytest.raises(TreeModifiedError):
+        server.start()
+    assert server.pid is None
+
+
+def test_added_file_in_site_packages_is_refused(make_dest: MakeDest, tmp_path: Path) -> None:
+    dest = make_dest()
+    (dest / "site-packages" / "evil.pth").write_text("import os\n")
+    with pytest.raises(TreeModifiedError):
+        LocalServer(dest, port=free_port(), log=tmp_path / "x.log").start()
+
+
+def test_init_failure_is_reported_with_the_log(make_dest: MakeDest, tmp_path: Path) -> None:
+    dest = make_dest("init_fails.py")
+    server = LocalServer(dest, port=free_port(), log=tmp_path / "fail.log")
+    server.start()
+    try:
+        with pytest.raises(LocalRunnerError) as info:
+            server.wait_healthy(60)
+    finally:
+        server.stop()
+    message = info.value.diagnostics()
+    assert "exited with status 3" in message
+    assert "FileNotFoundError: model file not found" in message
+
+
+def test_bundle_env_reaches_run_and_host_env_overrides_it(
+    make_dest: MakeDest, tmp_path: Path
+) -> None:
+    dest = make_dest(env={"MODEL_FLAVOUR": "bundle", "WORKER_COUNT": "1"})
+    host = dict(os.environ, WORKER_COUNT="2")
+    with LocalServer(dest, port=free_port(), log=tmp_path / "e.log", environ=host) as server:
+        env = _score(server.url, {"action": "environment"})["env"]
+    assert isinstance(env, dict)
+    assert env["MODEL_FLAVOUR"] == "bundle"
+    assert env["WORKER_COUNT"] == "2"
+
+
+def test_dynamic_mode_installs_wheels_offline(make_dest: MakeDest, tmp_path: Path) -> None:
+    dest = make_dest(mode="dynamic")
+    # A host pip configuration pointing elsewhere must not be used.
+    host = dict(os.environ, PIP_FIND_LINKS=str(tmp_path), PIP_INDEX_URL="http://127.0.0.1:9/")
+    with LocalServer(dest, port=free_port(), log=tmp_path / "d.log", environ=host) as server:
+        result = _score(server.url, {"action": "import", "module": "airgap_wheel_probe"})
+    assert result["importable"] is True
+    assert result["value"] == "installed at start"
+    assert not str(result["file"]).startswith(str(dest))
+
+
+def test_find_python_names_the_missing_version() -> None:
+    with pytest.raises(LocalRunnerError) as info:
+        find_python("3.2")
+    assert "needs Python 3.2" in info.value.diagnostics()
+    assert "pyenv install 3.2" in info.value.diagnostics()
+
+
+def test_find_python_finds_this_version() -> None:
+    found = find_python(PY)
+    assert found.version == PY
+    assert found.implementation == "cpython"
+    assert found.path.exists()
+
+
+def test_find_python_finds_another_installed_version() -> None:
+    others = [
+        v
+        for v in ("3.12", "3.10", "3.13", "3.9")
+        if shutil.which(f"python{v}") or list((Path.home() / ".pyenv" / "versions").glob(f"{v}.*"))
+    ]
+    if not others:
+        pytest.skip("no second Python version on this machine")
+    found = find_python(others[0])
+    assert found.version == others[0]
+
+
+def test_ensure_venv_has_no_host_packages(tmp_path: Path) -> None:
+    python = ensure_venv(tmp_path / ".airgap", find_python(PY))
+    out = subprocess.run(
+        [str(python), "-c", "import sys; print(sys.prefix, sys.path)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": os.environ["PATH"]},
+    ).stdout
+    assert out.startswith(str(tmp_path / ".airgap" / "venv"))
+    for entry in sys.path:
+        if entry.endswith("site-packages"):
+            assert entry not in out
+    probe = subprocess.run(
+        [str(python), "-c", "import click"], capture_output=True, env={"PATH": os.environ["PATH"]}
+    )
+    assert probe.returncode != 0
+
+
+def test_scoring_environment_drops_python_and_pip_variables(dest: Path) -> None:
+    manifest = check_unpacked(dest)
+    env = scoring_environment(
+        dest,
+        manifest,
+        {
+            "PATH": "/usr/bin",
+            "PYTHONPATH": "/host",
+            "PYTHONHOME": "/x",
+            "PIP_FIND_LINKS": "/w",
+            "AZUREML_MODEL_DIR": "/elsewhere",
+            "WORKER_COUNT": "3",
+            "VIRTUAL_ENV": "/venv",
+        },
+    )
+    assert env["PATH"] == "/usr/bin"
+    assert env["PYTHONPATH"] == f"{dest / 'runtime'}{os.pathsep}{dest / 'runtime' / 'lib'}"
+    assert "PYTHONHOME" not in env and "PIP_FIND_LINKS" not in env and "VIRTUAL_ENV" not in env
+    assert env["PYTHONNOUSERSITE"] == "1" and env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env["AZUREML_MODEL_DIR"] == str(dest / "model")
+    assert env["AZUREML_ENTRY_SCRIPT"] == str(dest / "app" / "score.py")
+    assert env["AZUREML_EXTRA_PYTHON_LIB_PATH"] == str(dest / "site-packages")
+    assert "AZUREML_EXTRA_REQUIREMENTS_TXT" not in env
+    assert env["WORKER_COUNT"] == "3"
+    assert server_command(Path("/v/bin/python"), "127.0.0.1", 5001) == [
+        "/v/bin/python",
+        "-m",
+        "airgap_runtime",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "5001",
+    ]
+
+
+def _wait_line(proc: subprocess.Popen[str], timeout: float = 120) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "airgap serve printed nothing"
+    return proc.stdout.readline()
+
+
+@pytest.mark.parametrize(
+    ("stop_signal", "sigint_ignored"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+)
+def test_cli_serve_stops_cleanly(
+    dest: Path, tmp_path: Path, stop_signal: int, sigint_ignored: bool
+) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "bundler", "serve", str(dest), "--port", str(port), "--json"]
+    if sigint_ignored:
+        # As a shell starts a background job (`airgap serve DEST &`): SIGINT ignored.
+        cmd = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *cmd]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        text=True,
+        stderr=(tmp_path / "cli.err").open("w"),
+    )
+    try:
+        ready = json.loads(_wait_line(proc))
+        assert ready == {
+            "ok": True,
+            "url": f"http://127.0.0.1:{port}",
+            "scoring_uri": f"http://127.0.0.1:{port}/score",
+        }
+        assert _score(ready["url"], {"action": "size"}) == {"size": 18}
+        proc.send_signal(stop_signal)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            # SIGTERM first: a killed CLI would leave its server (own session) running.
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert code == 0
+    with pytest.raises(OSError):
+        http("GET", f"http://127.0.0.1:{port}/", timeout=5)
+    assert "Shutting down" in (tmp_path / "cli.err").read_text()
+
+
+def test_cli_serve_refuses_a_modified_tree_with_exit_3(make_dest: MakeDest) -> None:
+    dest = make_dest()
+    (dest / "model" / "linear.json").write_text("{}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bundler", "serve", str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3
+    assert "model/linear.json" in proc.stderr
+
+
+def _netns_available() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.netns
+def test_serve_works_with_no_network_at_all(dest: Path, tmp_path: Path) -> None:
+    if not _netns_available():
+        pytest.skip("unshare -n is not permitted here")
+    # Make the cached venv inside the namespace too: remove it first.
+    shutil.rmtree(dest / ".airgap" / "venv", ignore_errors=True)
+    client = tmp_path / "client.py"
+    client.write_text(
+        textwrap.dedent(f"""
+        import json, socket, subprocess, sys, urllib.request
+        # Only loopback exists in here.
+        names = [n for _, n in socket.if_nameindex()]
+        assert names == ["lo"], names
+        proc = subprocess.Popen([sys.executable, "-m", "bundler", "serve", {str(dest)!r},
+                                 "--port", "5001", "--json"], stdout=subprocess.PIPE, text=True)
+        try:
+            ready = json.loads(proc.stdout.readline())
+            req = urllib.request.Request(ready["scoring_uri"], data=b'{{"action": "size"}}')
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                print(json.dumps({{"status": resp.status, "body": json.loads(resp.read())}}))
+        finally:
+            proc.terminate()
+        sys.exit(proc.wait(60))
+    """)
+    )
+    proc = subprocess.run(
+        ["unshare", "-n", "sh", "-c", f"ip link set lo up && {sys.executable} {client}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"status": 200, "body": {"size": 18}}
