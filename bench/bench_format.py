@@ -37,7 +37,7 @@ def example_tree(work: Path) -> Path:
     """Build the iris example's site-packages tree with the packer's own code."""
     from bundler.lock import for_target, parse_lock
     from bundler.project import load_project
-    from bundler.sitetree import build_site_tree
+    from bundler.sitetree import build_site_tree, compile_bytecode
     from bundler.wheels import fetch_wheels
 
     project = load_project(ROOT / "examples" / "iris-sklearn")
@@ -45,6 +45,7 @@ def example_tree(work: Path) -> Path:
     wheels = fetch_wheels(reqs, project.target)
     tree = work / "site-packages"
     build_site_tree(wheels, project.target, tree)
+    compile_bytecode(tree, project.target)  # the tree exactly as `airgap pack` ships it
     return tree
 
 

@@ -15,7 +15,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .errors import BundleError, ProjectError
-from .formats.archive import BundleWriter
+from .formats.archive import BundleWriter, MemberSource
 from .formats.manifest import (
     BaseImage,
     FileEntry,
@@ -42,7 +42,7 @@ class SourceFile:
     def open(self) -> BinaryIO:
         if isinstance(self.source, bytes):
             return io.BytesIO(self.source)
-        return self.source.open("rb")
+        return self.source.open("rb", buffering=0)  # raw reads: one syscall per piece
 
     def size(self) -> int:
         if isinstance(self.source, bytes):
@@ -155,15 +155,18 @@ def write_bundle(
     check_name_set(f.path for f in ordered)
     sizes = [f.size() for f in ordered]
     threads = threads or (os.cpu_count() or 1)
-    entries: list[FileEntry] = []
     with _atomic_output(out) as fh:
         writer = BundleWriter(fh, mtime=meta.created, level=level, threads=threads)
         progress.start("compressing", sum(sizes))
-        for f, size in zip(ordered, sizes, strict=True):
-            with f.open() as src:
-                digest = writer.tar.add(f.path, f.mode, size, src)
-            entries.append(FileEntry(path=f.path, size=size, mode=f.mode, sha256=digest))
-            progress.advance(size)
+        members = [
+            MemberSource(name=f.path, mode=f.mode, size=size, open=f.open)
+            for f, size in zip(ordered, sizes, strict=True)
+        ]
+        digests = writer.tar.add_all(members, on_written=progress.advance)
+        entries = [
+            FileEntry(path=m.name, size=m.size, mode=m.mode, sha256=d)
+            for m, d in zip(members, digests, strict=True)
+        ]
         stats = writer.finish_payload()
         progress.finish()
         manifest = Manifest(
