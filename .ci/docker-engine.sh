@@ -43,7 +43,7 @@ if pgrep -x dockerd >/dev/null 2>&1; then
 else
     say "starting dockerd (log: $log)"
     # containerd is started by dockerd itself when no system containerd is running.
-    as_root sh -c "nohup dockerd >'$log' 2>&1 &"
+    as_root sh -c "nohup dockerd >'$log' 2>&1 </dev/null &"
 fi
 
 waited=0
