@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -233,12 +233,16 @@ def sign(private: Ed25519PrivateKey, message: bytes) -> bytes:
 
 
 def verify_signature(
-    message: bytes, signature: bytes, trusted: Iterable[TrustedKey], claimed_signer: str | None
+    message: bytes,
+    signature: bytes,
+    trusted: Iterable[TrustedKey],
+    claimed_signer: str | Callable[[], str | None] | None,
 ) -> TrustedKey:
     """Return the trusted key whose signature over ``message`` verifies.
 
     The key comes only from ``trusted``, never from the bundle; ``claimed_signer`` (read from
-    the untrusted manifest) is used for the error message alone.
+    the untrusted manifest, or a function that reads it, called only on failure) is used for
+    the error message alone.
 
     Raises:
         SignatureError: wrong length, no trusted key verifies, or the key id does not match.
@@ -256,6 +260,8 @@ def verify_signature(
             continue
         return key
     known = {k.key_id for k in keys}
+    if callable(claimed_signer):
+        claimed_signer = claimed_signer()
     if claimed_signer and claimed_signer not in known:
         raise SignatureError(
             f"signed by key {claimed_signer[:16]}..., which is not trusted here",

@@ -56,13 +56,12 @@ def verify_manifest(
     Raises:
         SignatureError, ManifestError, UnsafeMemberError, ResourceLimitError, ExpiredError.
     """
-    keys = list(trusted)
-    try:
-        key = verify_signature(manifest_bytes, signature, keys, claimed_signer=None)
-    except SignatureError:
-        claimed = _claimed_signer(manifest_bytes, limits)
-        verify_signature(manifest_bytes, signature, keys, claimed_signer=claimed)
-        raise
+    key = verify_signature(
+        manifest_bytes,
+        signature,
+        trusted,
+        claimed_signer=lambda: _claimed_signer(manifest_bytes, limits),
+    )
     manifest = parse_manifest(manifest_bytes, limits)
     if manifest.signer != key.key_id:
         raise SignatureError(
