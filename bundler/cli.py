@@ -59,6 +59,31 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
+# Options and arguments several commands share.
+_TRUST_HELP = "Trusted public key file, or a folder of *.pub / *.pem keys (repeatable)."
+_trust_option = click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help=_TRUST_HELP,
+    envvar="AIRGAP_TRUST",
+)
+_recheck_trust = click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    envvar="AIRGAP_TRUST",
+    help="Re-check DEST against this trusted key (repeatable; default: the key that "
+    "verified it at unpack).",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for automation.")
+_quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+_dest_arg = click.argument("dest", type=click.Path(path_type=Path, file_okay=False, exists=True))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="airgap-bundler", prog_name="airgap")
 def cli() -> None:
@@ -124,7 +149,7 @@ def lock_cmd(requirements_in: Path, output: Path | None, upgrade: bool, as_json:
 
 
 @cli.command("serve")
-@click.argument("dest", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@_dest_arg
 @click.option(
     "-p",
     "--port",
@@ -139,15 +164,7 @@ def lock_cmd(requirements_in: Path, output: Path | None, upgrade: bool, as_json:
     show_default=True,
     help="Address to listen on (0.0.0.0: every interface).",
 )
-@click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    envvar="AIRGAP_TRUST",
-    help="Re-check DEST against this trusted key (repeatable; default: the key that "
-    "verified it at unpack).",
-)
+@_recheck_trust
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line once healthy.")
 @_funnel
 def serve_cmd(dest: Path, port: int, host: str, trust: tuple[Path, ...], as_json: bool) -> None:
@@ -176,18 +193,6 @@ def serve_cmd(dest: Path, port: int, host: str, trust: tuple[Path, ...], as_json
 
 # ---- Docker: build, run, stop (bundler/docker_run.py, bundler/engine.py) -----------------
 
-_docker_trust = click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    envvar="AIRGAP_TRUST",
-    help="Re-check DEST against this trusted key (repeatable; default: the key that "
-    "verified it at unpack).",
-)
-_docker_json = click.option("--json", "as_json", is_flag=True, help="Print JSON for automation.")
-_dest_arg = click.argument("dest", type=click.Path(path_type=Path, file_okay=False, exists=True))
-
 
 def _to_stderr(line: str) -> None:
     click.echo(line, err=True)
@@ -206,9 +211,9 @@ def _to_stderr(line: str) -> None:
     help="normal: for --mode mounted/dynamic; baked: packages inside; auto: what the "
     "bundle's mode runs with.",
 )
-@_docker_trust
+@_recheck_trust
 @click.option("-q", "--quiet", is_flag=True, help="Do not show the build log.")
-@_docker_json
+@_json_option
 @_funnel
 def build_cmd(
     dest: Path, tag: str | None, variant: str, trust: tuple[Path, ...], quiet: bool, as_json: bool
@@ -293,8 +298,8 @@ def build_cmd(
     help="Seconds to wait for the server to answer GET /.",
 )
 @click.option("--local", is_flag=True, help="No Docker: serve DEST with the local runner.")
-@_docker_trust
-@_docker_json
+@_recheck_trust
+@_json_option
 @_funnel
 def run_cmd(
     dest: Path,
@@ -398,7 +403,7 @@ def _run_local(
 
 @cli.command("stop")
 @click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
-@_docker_json
+@_json_option
 @_funnel
 def stop_cmd(dest: Path, as_json: bool) -> None:
     """Stop and remove the container `airgap run` started for DEST.
@@ -489,20 +494,6 @@ def _passphrase(env_var: str | None, *, prompt: str, confirm: bool) -> bytes | N
         )
         return text.encode("utf-8") or None
     return None
-
-
-_TRUST_HELP = "Trusted public key file, or a folder of *.pub / *.pem keys (repeatable)."
-_trust_option = click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    required=True,
-    type=click.Path(path_type=Path),
-    help=_TRUST_HELP,
-    envvar="AIRGAP_TRUST",
-)
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for automation.")
-_quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 
 
 @cli.command()

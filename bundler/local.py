@@ -7,10 +7,12 @@ own trees are on its path: nothing from the host's site-packages, user site or P
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -67,12 +69,6 @@ _PROBE: Final = (
     "import sys; print(sys.implementation.name, '%d.%d' % sys.version_info[:2], sys.executable)"
 )
 
-Verifier = Callable[[Path, "Sequence[Path] | None"], Manifest]
-
-
-def _verify_for_serving(dest: Path, trust: Sequence[Path] | None) -> Manifest:
-    return check_unpacked(dest, trust=trust, roots=SERVE_ROOTS)
-
 
 # ---- finding a host interpreter --------------------------------------------------------
 
@@ -90,7 +86,8 @@ def probe_interpreter(candidate: str | Path) -> Interpreter | None:
     """Ask ``candidate`` what it is; None when it does not run (e.g. an inactive pyenv shim)."""
     try:
         proc = subprocess.run(
-            [str(candidate), "-I", "-c", _PROBE],
+            # -B: asking a cached venv's Python must not write bytecode into the venv.
+            [str(candidate), "-I", "-B", "-c", _PROBE],
             capture_output=True,
             text=True,
             timeout=30,
@@ -169,15 +166,66 @@ def _marker(interpreter: Interpreter, with_pip: bool) -> dict[str, object]:
     }
 
 
+def _venv_digest(venv: Path) -> str | None:
+    """sha256 over every entry of the venv: its path, kind, and content or link target.
+
+    The venv is not part of the signed payload, yet every start runs it: the marker records
+    this digest when the venv is made, so a planted ``.pth``, a swapped interpreter link or a
+    package installed into it afterwards makes it be made again instead of run. None when
+    ``venv`` is not a real folder, or when an entry is owned by another user (not us, not
+    root) or writable by group or others: someone else could then have changed the venv and
+    its marker together.
+    """
+    owners = {os.geteuid(), 0}
+    digest = hashlib.sha256()
+    try:
+        if not stat.S_ISDIR(venv.lstat().st_mode):
+            return None
+        paths = [venv]
+        for dirpath, dirnames, filenames in os.walk(venv):  # does not follow links
+            dirnames.sort()
+            paths.extend(Path(dirpath, name) for name in sorted(dirnames + filenames))
+        for path in paths:
+            st = path.lstat()
+            if st.st_uid not in owners or (st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode)):
+                return None
+            rel = os.fsencode(path.relative_to(venv))
+            if stat.S_ISLNK(st.st_mode):
+                digest.update(b"link %s %s\0" % (rel, os.fsencode(os.readlink(path))))
+            elif stat.S_ISDIR(st.st_mode):
+                digest.update(b"dir %s\0" % rel)
+            elif not stat.S_ISREG(st.st_mode):
+                return None
+            elif path != venv / VENV_MARKER:
+                with path.open("rb") as f:
+                    content = hashlib.file_digest(f, "sha256").hexdigest()
+                digest.update(b"file %s %s\0" % (rel, content.encode()))
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def _venv_usable(venv: Path, want: dict[str, object]) -> bool:
     try:
         have = json.loads((venv / VENV_MARKER).read_text())
     except (OSError, ValueError):
         return False
-    if have != want:
+    if not isinstance(have, dict):
         return False
+    tree = have.pop("tree", None)
+    if have != want or tree is None or tree != _venv_digest(venv):
+        return False
+    # Only now that the venv is the one made here: this runs its interpreter.
     found = probe_interpreter(venv / "bin" / "python")
     return found is not None and found.version == want["python"]
+
+
+def _discard(path: Path) -> None:
+    """Remove whatever is at ``path``; a link is removed, never followed."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
 
 
 def ensure_venv(state_dir: Path, interpreter: Interpreter, *, with_pip: bool = False) -> Path:
@@ -187,15 +235,25 @@ def ensure_venv(state_dir: Path, interpreter: Interpreter, *, with_pip: bool = F
     never leaves a half-made environment that later runs would trust. ``with_pip`` seeds pip
     from virtualenv's embedded wheels (no download), for bundles that install wheels at start.
 
+    A cached venv is reused only while it is exactly as made (see ``_venv_digest``);
+    otherwise, or when it is a link, it is replaced.
+
     Raises:
-        LocalRunnerError: virtualenv failed.
+        LocalRunnerError: virtualenv failed, or ``state_dir`` cannot be written.
     """
     venv = state_dir / Path(STATE_VENV).name
     want = _marker(interpreter, with_pip)
     if _venv_usable(venv, want):
         return venv / "bin" / "python"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix="venv.stage-", dir=state_dir))
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix="venv.stage-", dir=state_dir))
+    except OSError as e:
+        raise LocalRunnerError(
+            f"cannot make the virtualenv under {state_dir}: {e.strerror}",
+            remedy="serve as a user who can write there (the one who unpacked it), or unpack "
+            "into a folder of your own",
+        ) from e
     try:
         built = stage / "venv"
         seed = (
@@ -221,7 +279,10 @@ def ensure_venv(state_dir: Path, interpreter: Interpreter, *, with_pip: bool = F
         env = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_PREFIXES)}
         env["VIRTUALENV_NO_DOWNLOAD"] = "1"
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            # umask 022: nothing in the venv may be writable by others, or it is not reused.
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, env=env, check=False, umask=0o022
+            )
         except OSError as e:
             raise LocalRunnerError(
                 f"cannot run virtualenv: {e}", remedy="reinstall airgap-bundler"
@@ -232,10 +293,11 @@ def ensure_venv(state_dir: Path, interpreter: Interpreter, *, with_pip: bool = F
                 f"creating the virtualenv with {interpreter.path} failed: " + " | ".join(detail),
                 remedy="check that this Python runs and has its standard library",
             )
-        (built / VENV_MARKER).write_text(json.dumps(want, sort_keys=True) + "\n")
-        if venv.exists():
-            shutil.rmtree(venv)
+        marker = built / VENV_MARKER
+        marker.write_text(json.dumps({**want, "tree": _venv_digest(built)}, sort_keys=True) + "\n")
+        os.chmod(marker, 0o644)
         try:
+            _discard(venv)
             os.replace(built, venv)
         except OSError:
             # Another `serve` of the same DEST won the race: use its environment if good.
@@ -319,7 +381,6 @@ class LocalServer:
             requests.post(server.url + "/score", json=...)
 
     ``log`` is a file for the server's output (default: this process's stderr).
-    ``verify`` replaces the tree check; the CLI always uses the real one.
     """
 
     def __init__(
@@ -331,7 +392,6 @@ class LocalServer:
         trust: Sequence[Path] | None = None,
         log: Path | None = None,
         environ: Mapping[str, str] | None = None,
-        verify: Verifier | None = None,
     ) -> None:
         self.dest = Path(os.path.abspath(dest))
         self.port = port
@@ -339,7 +399,6 @@ class LocalServer:
         self.trust = list(trust) if trust else None
         self.log = log
         self._environ = dict(os.environ if environ is None else environ)
-        self._verify = verify or _verify_for_serving
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self.manifest: Manifest | None = None
@@ -361,7 +420,7 @@ class LocalServer:
             BundleError: DEST is not an unpacked bundle.
             LocalRunnerError: no matching Python, or the virtualenv cannot be made.
         """
-        manifest = self._verify(self.dest, self.trust)
+        manifest = check_unpacked(self.dest, trust=self.trust, roots=SERVE_ROOTS)
         self.manifest = manifest
         interpreter = find_python(manifest.target.python, manifest.target.implementation)
         python = ensure_venv(

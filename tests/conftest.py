@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,18 @@ def craft_bundle(tmp_path: Path, publisher: KeyPair) -> CraftBundle:
         return out
 
     return make
+
+
+def require_netns() -> None:
+    """Skip where `unshare -n` is not permitted; in CI (CI set) fail instead, so an isolated-side
+    test that cannot prove it ran with no network never passes silently."""
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0
+    ):
+        if os.environ.get("CI"):
+            pytest.fail("unshare -n is needed in CI")
+        pytest.skip("unshare -n is not permitted here")
 
 
 # ---- the CPython pattern: unpack into outer/dest, canaries in outer/ --------------------

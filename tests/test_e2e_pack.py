@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "iris-sklearn"
@@ -36,16 +36,6 @@ def airgap(
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
-
-
-def require_netns() -> None:
-    if (
-        shutil.which("unshare") is None
-        or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0
-    ):
-        if os.environ.get("CI"):
-            pytest.fail("unshare -n is needed in CI")
-        pytest.skip("unshare -n is not permitted here")
 
 
 @pytest.fixture(scope="module")

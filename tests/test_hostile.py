@@ -598,6 +598,25 @@ for _const in ("NaN", "Infinity", "-Infinity"):
         SIGNED,
     )
 add(
+    "manifest-number-too-long",
+    _manifest_bytes(lambda m: m.replace(b'"created":1700000000', b'"created":' + b"1" * 5000)),
+    ManifestError,
+    "manifest.json",
+    "not valid JSON: a number is too long",
+    SIGNED,
+)
+add(
+    # Nobody trusted signed it: only the message of the signature error reads it.
+    "untrusted-manifest-number-too-long",
+    _edit_manifest_in_transit(
+        lambda m: m.replace(b'"created":1700000000', b'"created":' + b"1" * 5000)
+    ),
+    SignatureError,
+    "manifest.json.sig",
+    "does not verify with any trusted key",
+    SIGNATURE,
+)
+add(
     "manifest-not-utf8",
     _manifest_bytes(lambda m: m.replace(b'"demo"', b'"demo\xff"')),
     ManifestError,
@@ -1468,6 +1487,7 @@ _CLI_CASES = [
     "outer-extra-member-first",
     "payload-edited",
     "manifest-nan",
+    "untrusted-manifest-number-too-long",
     "manifest-missing-files",
     "member-hash-differs",
     "name-dotdot-leading",

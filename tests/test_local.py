@@ -15,8 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import require_netns
 from entry_scripts.harness import HERE, MODEL_DIR, free_port, http
 
+from bundler import local as local_module
 from bundler.assemble import BundleMeta, SourceFile, collect_tree, write_bundle
 from bundler.errors import LocalRunnerError, TreeModifiedError
 from bundler.formats.manifest import Target
@@ -187,6 +189,78 @@ def test_tree_is_unchanged_by_serving_and_venv_is_cached(dest: Path, tmp_path: P
     assert not list(dest.rglob("__pycache__"))
 
 
+def _venv_site(dest: Path) -> Path:
+    (site,) = (dest / ".airgap" / "venv" / "lib").glob("python*/site-packages")
+    return site
+
+
+def test_code_planted_in_the_cached_venv_never_runs(
+    make_dest: MakeDest, keys: Path, tmp_path: Path
+) -> None:
+    # The payload is re-checked before every start, the cached venv is not part of it: a .pth
+    # dropped into the venv's site-packages would run in every Python started from it.
+    dest = make_dest()
+    with LocalServer(dest, port=free_port(), log=tmp_path / "a.log") as server:
+        _score(server.url, {"action": "size"})
+    canary = tmp_path / "planted-code-ran"
+    planted = _venv_site(dest) / "planted.pth"
+    planted.write_text(f"import pathlib; pathlib.Path({str(canary)!r}).write_text('ran')\n")
+    trust = [keys / "airgap.pub"]
+    log = tmp_path / "b.log"
+    with LocalServer(dest, port=free_port(), log=log, trust=trust) as server:
+        assert _score(server.url, {"action": "size"}) == {"size": 18}
+    assert not canary.exists(), log.read_text()
+    assert not planted.exists()  # the venv was made again instead of trusted
+    check_unpacked(dest, trust=trust)
+
+
+def test_a_venv_others_could_write_is_made_again(make_dest: MakeDest, tmp_path: Path) -> None:
+    # Even with its recorded digest made to match, a venv holding something another user
+    # could have written (here a world-writable file) is not run.
+    dest = make_dest()
+    venv = dest / ".airgap" / "venv"
+    ensure_venv(dest / ".airgap", find_python(PY))
+    planted = _venv_site(dest) / "planted.pth"
+    planted.write_text("import sys\n")
+    planted.chmod(0o644)
+    marker = venv / "airgap-venv.json"
+    recorded = json.loads(marker.read_text())
+    recorded["tree"] = local_module._venv_digest(venv)
+    assert recorded["tree"] is not None
+    marker.write_text(json.dumps(recorded))
+    planted.chmod(0o666)
+    ensure_venv(dest / ".airgap", find_python(PY))
+    assert not planted.exists()
+    # The venv made again is reused: virtualenv ran with umask 022, so whatever the user's
+    # umask, nothing in it is writable by others.
+    again = marker.stat().st_ino
+    ensure_venv(dest / ".airgap", find_python(PY))
+    assert marker.stat().st_ino == again
+
+
+def test_a_venv_that_cannot_be_made_is_a_clear_error() -> None:
+    # /proc takes no new folders, even from root.
+    with pytest.raises(LocalRunnerError, match="cannot make the virtualenv under /proc/"):
+        ensure_venv(Path("/proc/airgap-no-such-dest/.airgap"), find_python(PY))
+
+
+def test_a_venv_replaced_by_a_link_is_made_again_without_touching_its_target(
+    make_dest: MakeDest, tmp_path: Path
+) -> None:
+    dest = make_dest()
+    venv = dest / ".airgap" / "venv"
+    ensure_venv(dest / ".airgap", find_python(PY))
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(venv, elsewhere, symlinks=True)
+    shutil.rmtree(venv)
+    venv.symlink_to(elsewhere)
+    before = sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*"))
+    python = ensure_venv(dest / ".airgap", find_python(PY))
+    assert python == venv / "bin" / "python"
+    assert not venv.is_symlink() and venv.is_dir()
+    assert sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*")) == before
+
+
 def test_modified_tree_is_refused_before_starting(make_dest: MakeDest, tmp_path: Path) -> None:
     dest = make_dest()
     with (dest / "app" / "score.py").open("a") as f:
@@ -238,6 +312,12 @@ def test_dynamic_mode_installs_wheels_offline(make_dest: MakeDest, tmp_path: Pat
         result = _score(server.url, {"action": "import", "module": "airgap_wheel_probe"})
     assert result["importable"] is True
     assert result["value"] == "installed at start"
+    # Running pip from the venv left it exactly as made: the next start reuses it.
+    marker = dest / ".airgap" / "venv" / "airgap-venv.json"
+    first = marker.stat().st_ino
+    with LocalServer(dest, port=free_port(), log=tmp_path / "e.log", environ=host) as server:
+        _score(server.url, {"action": "import", "module": "airgap_wheel_probe"})
+    assert marker.stat().st_ino == first
     assert not str(result["file"]).startswith(str(dest))
 
 
@@ -384,17 +464,9 @@ def test_cli_serve_refuses_a_modified_tree_with_exit_3(make_dest: MakeDest) -> N
     assert "model/linear.json" in proc.stderr
 
 
-def _netns_available() -> bool:
-    if not shutil.which("unshare"):
-        return False
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
-    return probe.returncode == 0
-
-
 @pytest.mark.netns
 def test_serve_works_with_no_network_at_all(dest: Path, tmp_path: Path) -> None:
-    if not _netns_available():
-        pytest.skip("unshare -n is not permitted here")
+    require_netns()
     # Make the cached venv inside the namespace too: remove it first.
     shutil.rmtree(dest / ".airgap" / "venv", ignore_errors=True)
     client = tmp_path / "client.py"

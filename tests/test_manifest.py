@@ -121,12 +121,19 @@ def test_missing_expires_means_none() -> None:
         (b"[1]", "manifest must be a JSON object"),
         (b'"text"', "manifest must be a JSON object"),
         (b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+        (b'{"created":' + b"1" * 5000 + b"}", "not valid JSON: a number is too long"),
     ],
 )
 def test_not_strict_json_is_refused(data: bytes, text: str) -> None:
     with pytest.raises(ManifestError, match=text) as info:
         parse_manifest(data)
     assert info.value.member == "manifest.json"
+
+
+def test_peek_signer_refuses_a_number_too_long_for_python() -> None:
+    # peek_signer reads untrusted bytes (for the message of a failed signature check).
+    with pytest.raises(ManifestError, match="a number is too long"):
+        peek_signer(b'{"signer":"x","created":' + b"9" * 5000 + b"}")
 
 
 def test_unknown_format_version_is_refused_with_a_remedy() -> None:
@@ -324,7 +331,11 @@ def test_declared_total_limit_has_a_remedy() -> None:
     parse_manifest(data, Limits(max_unpacked_bytes=22))
     with pytest.raises(ResourceLimitError, match="declares 22 unpacked bytes") as info:
         parse_manifest(data, Limits(max_unpacked_bytes=21))
-    assert "--max-unpacked-size" in info.value.diagnostics()
+    # The remedy names no option: no command has one that raises this limit.
+    assert info.value.diagnostics().endswith(
+        "; the limit is fixed (docs/format.md, Limits); ask the publisher to split the model "
+        "across several bundles"
+    )
 
 
 def test_entry_script_must_be_a_payload_file() -> None:

@@ -311,6 +311,16 @@ def test_stale_stage_cleanup_keeps_other_destinations_stages(
     assert stages(victim.outer) == [".dest2.airgap-stage-def456"]
 
 
+def test_stale_stage_cleanup_reads_the_dest_name_literally(
+    make_bundle: MakeBundle, victim: Victim, publisher: KeyPair
+) -> None:
+    # "m[12]" as a glob pattern would match the stages of "m1" and "m2".
+    (victim.outer / ".m1.airgap-stage-abc123").mkdir()
+    (victim.outer / ".m[12].airgap-stage-def456").mkdir()
+    unpack(make_bundle(files=V1), victim.outer / "m[12]", [publisher.pub], now=NOW)
+    assert stages(victim.outer) == [".m1.airgap-stage-abc123"]
+
+
 def test_stale_stage_is_cleaned_even_when_the_bundle_is_rejected(
     craft_bundle: CraftBundle, victim: Victim, publisher: KeyPair
 ) -> None:
@@ -469,6 +479,16 @@ def test_missing_parent_is_refused(
     assert not (tmp_path / "no").exists()
 
 
+def test_a_parent_that_takes_no_new_folder_is_an_error_not_a_crash(
+    make_bundle: MakeBundle, publisher: KeyPair
+) -> None:
+    # /proc takes no new folders, even from root: the stage cannot be made.
+    with pytest.raises(BundleError, match="cannot write under /proc: ") as info:
+        unpack(make_bundle(files=V1), Path("/proc/airgap-dest"), [publisher.pub], now=NOW)
+    assert not isinstance(info.value, BundleRejected)
+    assert info.value.exit_code == EXIT_ERROR
+
+
 def test_missing_bundle_is_an_error(tmp_path: Path, publisher: KeyPair) -> None:
     with pytest.raises(BundleError, match="cannot read bundle"):
         verify(tmp_path / "missing.airgap", [publisher.pub])
@@ -569,6 +589,20 @@ def test_check_unpacked_detects_a_top_folder_replaced_by_a_symlink(unpacked: Pat
     shutil.rmtree(unpacked / "site-packages")
     (unpacked / "site-packages").symlink_to(elsewhere)
     _expect_tree_error(unpacked, "site-packages", "symbolic link added")
+
+
+def test_check_unpacked_detects_the_state_folder_replaced_by_a_symlink(
+    unpacked: Path, publisher: KeyPair
+) -> None:
+    # A faithful copy, signed state included: still refused, since the state and the local
+    # runner's venv would then live wherever the link points.
+    import shutil
+
+    elsewhere = unpacked.parent / "state-elsewhere"
+    shutil.copytree(unpacked / ".airgap", elsewhere)
+    shutil.rmtree(unpacked / ".airgap")
+    (unpacked / ".airgap").symlink_to(elsewhere)
+    _expect_tree_error(unpacked, ".airgap", "symbolic link added", trust=[publisher.pub])
 
 
 def test_check_unpacked_roots_limit_the_check(unpacked: Path) -> None:

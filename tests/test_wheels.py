@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from _wheelfactory import make_wheel, pin, sha256_hex
+from conftest import require_netns
 from packaging.tags import Tag
 
 from bundler.errors import DownloadError
@@ -342,12 +343,6 @@ markupsafe==3.0.2 \\
 MARKUPSAFE_WHEEL = "MarkupSafe-3.0.2-cp312-cp312-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"
 
 
-def _netns_available() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
-
-
 @pytest.mark.network
 @pytest.mark.netns
 def test_real_foreign_wheel_then_offline_from_cache(tmp_path: Path) -> None:
@@ -362,8 +357,7 @@ def test_real_foreign_wheel_then_offline_from_cache(tmp_path: Path) -> None:
     assert fetch_wheels(reqs, ARM_312, cache, source=broken_pip) == [path]
 
     # And with no network at all: a fresh process in an empty network namespace.
-    if not _netns_available():
-        pytest.skip("unshare -n is not permitted here")
+    require_netns()
     code = (
         "import json, sys\n"
         "from pathlib import Path\n"

@@ -178,6 +178,8 @@ def _strict_loads(data: bytes) -> Any:
         )
     except json.JSONDecodeError as e:
         raise _invalid(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    except ValueError as e:  # an integer past Python's 4300-digit conversion limit
+        raise _invalid("not valid JSON: a number is too long") from e
     except RecursionError as e:
         raise _invalid("nested too deeply") from e
 
@@ -374,7 +376,8 @@ def parse_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
         raise ResourceLimitError(
             f"declares {total} unpacked bytes, over the limit of {limits.max_unpacked_bytes}",
             member="manifest.json",
-            remedy="raise the limit with --max-unpacked-size if this bundle is expected",
+            remedy="the limit is fixed (docs/format.md, Limits); ask the publisher to split "
+            "the model across several bundles",
         )
     entry = top.text("entry_script")
     if entry not in {f.path for f in files}:

@@ -45,6 +45,11 @@ def check_unpacked(
         BundleError: DEST was not made by `airgap unpack`.
         SignatureError and other BundleRejected: the stored manifest does not verify.
     """
+    if (dest / STATE_DIR).is_symlink():
+        # The state (and the local runner's venv) would then live wherever the link points.
+        raise TreeModifiedError(
+            "symbolic link added", member=STATE_DIR, remedy="unpack the bundle again"
+        )
     try:
         manifest_bytes = (dest / STATE_MANIFEST).read_bytes()
         signature = (dest / STATE_SIGNATURE).read_bytes()

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import glob
 import hashlib
 import os
 import shutil
@@ -184,7 +185,7 @@ def _locked(parent: Path) -> Iterator[None]:
 
 def _clean_stale_stages(dest: Path) -> None:
     # Holding the lock, any stage for this DEST is left over from a killed run.
-    for stale in dest.parent.glob(f".{dest.name}{_STAGE_TAG}*"):
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}{_STAGE_TAG}*"):
         _remove(stale)
 
 
@@ -319,8 +320,9 @@ def unpack(
             opened = _open_checked(f, trust, _now(now), limits, progress)
             if installed is not None and installed.name == opened.manifest.name:
                 check_rollback(opened.manifest, installed, allow_downgrade=allow_downgrade)
-            stage_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_STAGE_TAG}", dir=parent))
+            stage_root: Path | None = None
             try:
+                stage_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_STAGE_TAG}", dir=parent))
                 os.chmod(stage_root, 0o755)
                 stage = _Stage(stage_root)
                 progress.start("unpacking", opened.manifest.payload.unpacked_size)
@@ -333,7 +335,8 @@ def unpack(
             except OSError as e:
                 raise BundleError(f"cannot write under {parent}: {e.strerror}") from e
             finally:
-                _remove(stage_root)
+                if stage_root is not None:
+                    _remove(stage_root)
         return opened.verified
 
 
