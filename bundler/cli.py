@@ -720,6 +720,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
     """
     manifest = read_manifest_unverified(bundle)
     info = _summary(manifest, bundle)
+    info["ok"] = True
     info["verified"] = False
     if as_json:
         emit_json(info)

@@ -61,7 +61,7 @@ from .layout import (
     WHEELS_REQUIREMENTS,
     PackageMode,
 )
-from .verify.tree import check_unpacked
+from .verify.tree import check_unpacked, open_regular
 
 # Container labels: `airgap stop DEST` finds the container by the DEST path it serves.
 LABEL_DEST: Final = "airgap-bundler.dest"
@@ -134,12 +134,7 @@ class _HashingReader:
 
 
 def _open_listed(dest: Path, entry: FileEntry) -> IO[bytes]:
-    try:
-        return (dest / entry.path).open("rb")
-    except OSError as e:
-        raise TreeModifiedError(
-            f"cannot read it ({e.strerror})", member=entry.path, remedy="unpack the bundle again"
-        ) from e
+    return open_regular(dest / entry.path, entry.path)
 
 
 def _add_verified(tar: tarfile.TarFile, dest: Path, entry: FileEntry, mtime: int) -> None:

@@ -61,6 +61,7 @@ def test_pack_inspect_reports_the_example(packed: Path) -> None:
     assert info["name"] == "iris-sklearn"
     assert info["version"] == "1.0.0"
     assert info["created"] == 1700000000
+    assert info["ok"] is True
     assert info["verified"] is False
     names = {p.split("==")[0] for p in info["packages"]}
     assert {"scikit-learn", "numpy", "scipy", "joblib"} <= names

@@ -574,6 +574,30 @@ def test_check_unpacked_detects_a_file_replaced_by_a_symlink(unpacked: Path) -> 
     _expect_tree_error(unpacked, "app/score.py", "no longer a regular file")
 
 
+def test_check_unpacked_refuses_a_fifo_without_blocking(unpacked: Path) -> None:
+    # Nobody writes to this FIFO: a plain open() would wait forever.
+    target = unpacked / "app" / "score.py"
+    target.unlink()
+    os.mkfifo(target, 0o644)
+    _expect_tree_error(unpacked, "app/score.py", "no longer a regular file")
+
+
+def test_open_regular_refuses_links_and_fifos_at_open_time(tmp_path: Path) -> None:
+    from bundler.errors import TreeModifiedError
+    from bundler.verify.tree import open_regular
+
+    real = tmp_path / "real"
+    real.write_bytes(b"data")
+    (tmp_path / "link").symlink_to(real)
+    os.mkfifo(tmp_path / "fifo")
+    with open_regular(real, "real") as f:
+        assert f.read() == b"data"
+    with pytest.raises(TreeModifiedError, match="no longer a regular file"):
+        open_regular(tmp_path / "link", "link")
+    with pytest.raises(TreeModifiedError, match="no longer a regular file"):
+        open_regular(tmp_path / "fifo", "fifo")
+
+
 def test_check_unpacked_detects_an_added_symlinked_folder(unpacked: Path) -> None:
     (unpacked / "site-packages" / "linked").symlink_to(unpacked.parent / "etc")
     _expect_tree_error(unpacked, "site-packages/linked", "symbolic link added")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import BundleError, TreeModifiedError
 from ..formats.archive import CHUNK
@@ -17,11 +19,40 @@ from ..layout import STATE_DIR, STATE_MANIFEST, STATE_SIGNATURE, STATE_SIGNER
 from .policy import verify_manifest
 
 
-def _sha256_file(path: Path) -> str:
+def open_regular(path: Path, rel: str) -> BinaryIO:
+    """Open a file of an unpacked tree for reading, only if it is a regular file itself.
+
+    O_NOFOLLOW refuses a link, O_NONBLOCK keeps a FIFO swapped in from blocking the open,
+    and fstat on the open descriptor decides: no window between the check and the read.
+
+    Raises:
+        TreeModifiedError: missing, a link, or not a regular file.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            raise TreeModifiedError(
+                "no longer a regular file (a symbolic link)",
+                member=rel,
+                remedy="unpack the bundle again",
+            ) from e
+        raise TreeModifiedError(
+            f"cannot read it ({e.strerror})", member=rel, remedy="unpack the bundle again"
+        ) from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TreeModifiedError(
+            "no longer a regular file", member=rel, remedy="unpack the bundle again"
+        )
+    return os.fdopen(fd, "rb")
+
+
+def _sha256(f: BinaryIO) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
+    while chunk := f.read(CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -96,18 +127,15 @@ def _check_file(dest: Path, rel: str, entry: FileEntry | None) -> None:
         raise TreeModifiedError(
             "file added since unpack", member=rel, remedy="remove it, or unpack the bundle again"
         )
-    st = path.lstat()
-    if not stat.S_ISREG(st.st_mode):
-        raise TreeModifiedError(
-            "no longer a regular file", member=rel, remedy="unpack the bundle again"
-        )
-    if stat.S_IMODE(st.st_mode) != entry.mode:
-        raise TreeModifiedError(
-            f"mode {stat.S_IMODE(st.st_mode):o} differs from the manifest's {entry.mode:o}",
-            member=rel,
-            remedy="unpack the bundle again",
-        )
-    if st.st_size != entry.size or _sha256_file(path) != entry.sha256:
-        raise TreeModifiedError(
-            "file changed since unpack", member=rel, remedy="unpack the bundle again"
-        )
+    with open_regular(path, rel) as f:
+        st = os.fstat(f.fileno())
+        if stat.S_IMODE(st.st_mode) != entry.mode:
+            raise TreeModifiedError(
+                f"mode {stat.S_IMODE(st.st_mode):o} differs from the manifest's {entry.mode:o}",
+                member=rel,
+                remedy="unpack the bundle again",
+            )
+        if st.st_size != entry.size or _sha256(f) != entry.sha256:
+            raise TreeModifiedError(
+                "file changed since unpack", member=rel, remedy="unpack the bundle again"
+            )
