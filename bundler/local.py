@@ -220,6 +220,29 @@ def _venv_usable(venv: Path, want: dict[str, object]) -> bool:
     return found is not None and found.version == want["python"]
 
 
+_VENV_STAGE: Final = "venv.stage-"
+# Making a virtualenv takes seconds; a stage this old was left by a killed `serve`.
+_STALE_STAGE_SECONDS: Final = 600
+
+
+def clean_stale_venv_stages(state_dir: Path, *, now: float | None = None) -> list[Path]:
+    """Remove venv stages a killed run left behind; a stage still being built is kept.
+
+    Returns:
+        The stages removed.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    for stage in state_dir.glob(_VENV_STAGE + "*"):
+        try:
+            if now - stage.lstat().st_mtime > _STALE_STAGE_SECONDS:
+                _discard(stage)
+                removed.append(stage)
+        except OSError:
+            continue  # gone already, or not ours to remove: the next run tries again
+    return removed
+
+
 def _discard(path: Path) -> None:
     """Remove whatever is at ``path``; a link is removed, never followed."""
     if path.is_symlink() or (path.exists() and not path.is_dir()):
@@ -245,9 +268,10 @@ def ensure_venv(state_dir: Path, interpreter: Interpreter, *, with_pip: bool = F
     want = _marker(interpreter, with_pip)
     if _venv_usable(venv, want):
         return venv / "bin" / "python"
+    clean_stale_venv_stages(state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix="venv.stage-", dir=state_dir))
+        stage = Path(tempfile.mkdtemp(prefix=_VENV_STAGE, dir=state_dir))
     except OSError as e:
         raise LocalRunnerError(
             f"cannot make the virtualenv under {state_dir}: {e.strerror}",

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -498,3 +499,18 @@ def test_serve_works_with_no_network_at_all(dest: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"status": 200, "body": {"size": 18}}
+
+
+def test_a_venv_stage_left_by_a_killed_serve_is_removed_later(tmp_path: Path) -> None:
+    from bundler.local import clean_stale_venv_stages
+
+    state = tmp_path / ".airgap"
+    old = state / "venv.stage-abandoned"
+    fresh = state / "venv.stage-in-progress"
+    for stage in (old, fresh):
+        (stage / "venv" / "bin").mkdir(parents=True)
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    assert clean_stale_venv_stages(state) == [old]
+    assert not old.exists()
+    assert fresh.is_dir()  # another serve may still be building it
