@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import queue
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -72,23 +73,35 @@ def _split_name(name: str) -> tuple[bytes, bytes]:
     raise UnsafeMemberError("name does not fit a ustar header (255 bytes)", member=name)
 
 
+# The ustar header layout (POSIX.1-1988): name, mode, uid, gid, size, mtime, checksum,
+# typeflag, linkname, magic+version, uname, gname, devmajor, devminor, prefix, padding.
+_USTAR: Final = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12s")
+_ZERO_ID: Final = b"%07o\x00" % 0
+
+
 def ustar_header(name: str, size: int, mode: int, mtime: int) -> bytes:
     """One 512-byte POSIX ustar header for a regular file, owners and times normalised."""
     prefix, short = _split_name(name)
-    header = bytearray(BLOCK)
-    header[0:100] = short.ljust(100, b"\x00")
-    header[100:108] = _octal(mode, 8)
-    header[108:116] = _octal(0, 8)  # uid
-    header[116:124] = _octal(0, 8)  # gid
-    header[124:136] = _size_field(size)
-    header[136:148] = _octal(mtime, 12)
-    header[148:156] = b" " * 8  # checksum is computed with this field as spaces
-    header[156:157] = b"0"
-    header[257:265] = _MAGIC_USTAR
-    header[345:500] = prefix.ljust(155, b"\x00")
-    checksum = sum(header)
-    header[148:156] = b"%06o\x00 " % checksum
-    return bytes(header)
+    header = _USTAR.pack(
+        short,
+        _octal(mode, 8),
+        _ZERO_ID,
+        _ZERO_ID,
+        _size_field(size),
+        _octal(mtime, 12),
+        b" " * 8,  # the checksum is computed with this field as spaces
+        b"0",
+        b"",
+        _MAGIC_USTAR,
+        b"",
+        b"",
+        b"",
+        b"",
+        prefix,
+        b"",
+    )  # struct pads every short field with NULs
+    checksum = b"%06o\x00 " % sum(header)
+    return header[:148] + checksum + header[156:]
 
 
 def _padding(size: int) -> int:
