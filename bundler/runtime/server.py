@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.errors import HaltServer
 
 from . import config
 from .app import make_app
@@ -167,6 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # gunicorn's arbiter (and each forked worker) leaves through sys.exit.
             code = e.code
             return code if isinstance(code, int) else (0 if code is None else 1)
+        except HaltServer as e:
+            # The arbiter raises HaltServer from its SIGCHLD handler; when a second worker
+            # fails to boot while the first failure is already halting the server, that
+            # second raise escapes the arbiter's own handler. Same failure, same status.
+            log.critical("%s", e.reason)
+            return int(e.exit_status)
         return 0
     finally:
         # Forked workers unwind through here too: only the master owns the temp dir.
