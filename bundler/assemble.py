@@ -85,23 +85,27 @@ def collect_tree(root: Path, prefix: str, *, skip_pycache: bool = True) -> list[
         base = Path(dirpath)
         if skip_pycache:
             dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        for name in [*dirnames, *filenames]:
-            path = base / name
-            st = path.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                raise ProjectError(
-                    f"{path} is a symbolic link; bundles hold plain files only",
-                    remedy="replace the link with the file it points to",
-                )
-            if name in filenames and not stat.S_ISREG(st.st_mode):
-                raise ProjectError(f"{path} is not a regular file")
+        for name in dirnames:
+            _refuse_link(base / name, (base / name).lstat())
         for name in filenames:
+            path = base / name
+            st = path.lstat()  # one stat per file: its kind and its mode
+            _refuse_link(path, st)
+            if not stat.S_ISREG(st.st_mode):
+                raise ProjectError(f"{path} is not a regular file")
             if skip_pycache and name.endswith((".pyc", ".pyo")):
                 continue
-            path = base / name
             rel = path.relative_to(root).as_posix()
-            files.append(SourceFile(f"{prefix}/{rel}", path, normal_mode(path.stat().st_mode)))
+            files.append(SourceFile(f"{prefix}/{rel}", path, normal_mode(st.st_mode)))
     return files
+
+
+def _refuse_link(path: Path, st: os.stat_result) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise ProjectError(
+            f"{path} is a symbolic link; bundles hold plain files only",
+            remedy="replace the link with the file it points to",
+        )
 
 
 def _sort_key(f: SourceFile) -> bytes:

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from .target import Target
 
 CACHE_ENV: Final = "AIRGAP_CACHE_DIR"  # root of airgap-bundler's cache; wheels go in ./wheels
-_CHUNK: Final = 1 << 20  # bytes per read while hashing
 
 # Layout of the wheel cache (see docs/project-file.md):
 #   sha256/<hex digest>/<original wheel file name>   content-addressed, checked on every use
@@ -202,11 +201,8 @@ def _rank(target: Target, path: Path) -> int:
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in bounded chunks."""
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # --- the cache -------------------------------------------------------------------------

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import stat
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 from ..errors import BundleError, TreeModifiedError
-from ..formats.archive import CHUNK
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest
 from ..formats.signing import load_trusted_keys
@@ -19,7 +18,7 @@ from ..layout import STATE_DIR, STATE_MANIFEST, STATE_SIGNATURE, STATE_SIGNER
 from .policy import verify_manifest
 
 
-def open_regular(path: Path, rel: str) -> BinaryIO:
+def open_regular(path: Path, rel: str) -> io.BufferedReader:
     """Open a file of an unpacked tree for reading, only if it is a regular file itself.
 
     O_NOFOLLOW refuses a link, O_NONBLOCK keeps a FIFO swapped in from blocking the open,
@@ -47,13 +46,6 @@ def open_regular(path: Path, rel: str) -> BinaryIO:
             "no longer a regular file", member=rel, remedy="unpack the bundle again"
         )
     return os.fdopen(fd, "rb")
-
-
-def _sha256(f: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    while chunk := f.read(CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_unpacked(
@@ -135,7 +127,7 @@ def _check_file(dest: Path, rel: str, entry: FileEntry | None) -> None:
                 member=rel,
                 remedy="unpack the bundle again",
             )
-        if st.st_size != entry.size or _sha256(f) != entry.sha256:
+        if st.st_size != entry.size or hashlib.file_digest(f, "sha256").hexdigest() != entry.sha256:
             raise TreeModifiedError(
                 "file changed since unpack", member=rel, remedy="unpack the bundle again"
             )
