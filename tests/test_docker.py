@@ -205,16 +205,19 @@ def write_tiny_bundle(
     base_ref: str = BASE_REF,
     extra: dict[str, Path] | None = None,
     mode: str = "mounted",
+    files: Files | None = None,
+    name: str = "tiny-model",
+    version: str = "1.0+test",
+    created: int = 1_700_000_000,
 ) -> Path:
-    sources = [
-        SourceFile(path, data, mode_bits)
-        for path, (data, mode_bits) in tiny_files(base_digest, base_ref=base_ref).items()
-    ]
+    if files is None:
+        files = tiny_files(base_digest, base_ref=base_ref)
+    sources = [SourceFile(path, data, mode_bits) for path, (data, mode_bits) in files.items()]
     sources += [SourceFile(p, src, 0o644) for p, src in (extra or {}).items()]
     meta = BundleMeta(
-        name="tiny-model",
-        version="1.0+test",
-        created=1_700_000_000,
+        name=name,
+        version=version,
+        created=created,
         target=TARGET,
         entry_script="app/score.py",
         mode=mode,  # type: ignore[arg-type]
@@ -491,19 +494,8 @@ def test_a_code_change_rebuilds_only_the_app_layer(
 ) -> None:
     files = tiny_files(base_id)
     files["app/score.py"] = (SCORE_PY + b"\n# changed\n", 0o644)
-    sources = [SourceFile(p, d, m) for p, (d, m) in files.items()]
-    meta = BundleMeta(
-        name="tiny-model",
-        version="1.0+test",
-        created=1_700_000_000,
-        target=TARGET,
-        entry_script="app/score.py",
-        mode="mounted",
-        env={"TINY_GREETING": 'hello "$HOME"'},
-        base_image=BaseImage(BASE_REF, base_id, included=False),
-    )
-    write_bundle(tmp_path / "c.airgap", sources, meta, publisher.private, threads=1)
-    dest = Tiny(tmp_path / "c.airgap", publisher.pub).unpack_to(tmp_path / "dest")
+    bundle = write_tiny_bundle(tmp_path / "c.airgap", publisher, base_id, files=files)
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
     tag = f"tiny-changed:{uuid.uuid4().hex[:8]}"
     assert main(["build", str(dest), "--tag", tag, "--quiet"]) == 0
     old = engine._api.inspect_image("tiny-model:1.0-test")["RootFS"]["Layers"]
@@ -593,19 +585,10 @@ def test_run_without_a_built_image_says_to_build(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # A different created time: a different payload, so no image carries its revision.
-    files = tiny_files(base_id)
-    sources = [SourceFile(p, d, m) for p, (d, m) in files.items()]
-    meta = BundleMeta(
-        name="tiny-model",
-        version="1.0+test",
-        created=1_700_000_123,
-        target=TARGET,
-        entry_script="app/score.py",
-        mode="baked",
-        base_image=BaseImage(BASE_REF, base_id, included=False),
+    bundle = write_tiny_bundle(
+        tmp_path / "u.airgap", publisher, base_id, mode="baked", created=1_700_000_123
     )
-    write_bundle(tmp_path / "u.airgap", sources, meta, publisher.private, threads=1)
-    dest = Tiny(tmp_path / "u.airgap", publisher.pub).unpack_to(tmp_path / "dest")
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
     assert main(["run", str(dest), "--detach"]) == 1
     err = capsys.readouterr().err
     assert "no baked image of tiny-model 1.0+test is built from this bundle" in err
@@ -627,18 +610,10 @@ def test_a_failing_init_streams_the_container_log(
         b"def run(raw):\n    return raw\n",
         0o644,
     )
-    sources = [SourceFile(p, d, m) for p, (d, m) in files.items()]
-    meta = BundleMeta(
-        name="tiny-broken",
-        version="1.0",
-        created=1_700_000_000,
-        target=TARGET,
-        entry_script="app/score.py",
-        mode="mounted",
-        base_image=BaseImage(BASE_REF, base_id, included=False),
+    bundle = write_tiny_bundle(
+        tmp_path / "f.airgap", publisher, base_id, files=files, name="tiny-broken", version="1.0"
     )
-    write_bundle(tmp_path / "f.airgap", sources, meta, publisher.private, threads=1)
-    dest = Tiny(tmp_path / "f.airgap", publisher.pub).unpack_to(tmp_path / "dest")
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
     stop_after.append(dest)
     assert main(["build", str(dest), "--quiet"]) == 0
     assert main(["run", str(dest), "--detach", "--port", "0", "--timeout", "60"]) == 1
