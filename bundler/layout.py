@@ -15,8 +15,12 @@ SITE_DIR: Final = "site-packages"  # prebuilt tree for mounted and baked modes
 WHEELS_DIR: Final = "wheels"  # wheels + requirements.txt for dynamic mode
 RUNTIME_DIR: Final = "runtime"  # the scoring runtime: runtime/airgap_runtime + runtime/lib
 DOCKER_DIR: Final = "docker"  # Dockerfile, Dockerfile.baked, optional base-image.tar
+# The install prefix beside site-packages, as a virtualenv has one: bin/ (console-script and
+# .data/scripts launchers), include/ (.data/headers), and .data/data files other than those
+# under lib/pythonX.Y/site-packages (which are purelib, so they go into site-packages/).
+PREFIX_DIR: Final = "prefix"
 PAYLOAD_ROOTS: Final = frozenset(
-    {APP_DIR, MODEL_DIR, SITE_DIR, WHEELS_DIR, RUNTIME_DIR, DOCKER_DIR}
+    {APP_DIR, MODEL_DIR, SITE_DIR, WHEELS_DIR, RUNTIME_DIR, DOCKER_DIR, PREFIX_DIR}
 )
 
 WHEELS_REQUIREMENTS: Final = f"{WHEELS_DIR}/requirements.txt"
@@ -43,4 +47,5 @@ OUTER_SIGNATURE: Final = "manifest.json.sig"
 IMAGE_ROOT: Final = "/opt/airgap"
 IMAGE_SITE_MOUNT: Final = "/opt/airgap/site-packages"
 IMAGE_WHEELS_MOUNT: Final = "/opt/airgap/wheels"
+IMAGE_PREFIX_MOUNT: Final = "/opt/airgap/prefix"
 SCORING_PORT: Final = 5001

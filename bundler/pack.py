@@ -32,6 +32,8 @@ from .wheels import fetch_wheels
 
 RUNTIME_SOURCE = Path(__file__).parent / "runtime"
 RUNTIME_LOCK = RUNTIME_SOURCE / "requirements.lock"
+# Runtime modules copied to the top of runtime/ rather than into runtime/airgap_runtime/.
+TOPLEVEL_DIR = "_toplevel"
 
 
 def source_date_epoch(environ: dict[str, str] | None = None) -> int:
@@ -53,11 +55,21 @@ def source_date_epoch(environ: dict[str, str] | None = None) -> int:
 
 
 def runtime_sources() -> list[SourceFile]:
-    """The scoring runtime's own files, as ``runtime/airgap_runtime/*.py``."""
-    return [
-        SourceFile(f"{RUNTIME_DIR}/{RUNTIME_PACKAGE}/{p.name}", p.read_bytes(), 0o644)
-        for p in sorted(RUNTIME_SOURCE.glob("*.py"))
-    ]
+    """The scoring runtime's own files: ``runtime/airgap_runtime/**.py``.
+
+    A sub-package named ``_toplevel`` holds modules that must be importable at the top level
+    of the scoring process (e.g. the ``azureml.contrib.services`` compatibility shim): its
+    contents go to ``runtime/`` itself, which is on the server's PYTHONPATH.
+    """
+    files = []
+    for p in sorted(RUNTIME_SOURCE.rglob("*.py")):
+        rel = p.relative_to(RUNTIME_SOURCE).as_posix()
+        if rel.startswith(TOPLEVEL_DIR + "/"):
+            dest = f"{RUNTIME_DIR}/{rel[len(TOPLEVEL_DIR) + 1 :]}"
+        else:
+            dest = f"{RUNTIME_DIR}/{RUNTIME_PACKAGE}/{rel}"
+        files.append(SourceFile(dest, p.read_bytes(), 0o644))
+    return files
 
 
 def _app_files(project: Project) -> list[SourceFile]:

@@ -13,7 +13,8 @@ import pytest
 from entry_scripts.harness import HERE, MODEL_DIR, Server
 
 from bundler.errors import LocalRunnerError
-from bundler.local import ensure_venv, find_python
+from bundler.interpreters import find_python
+from bundler.local import ensure_venv
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "bundler" / "runtime"
 LOCK = RUNTIME_DIR / "requirements.lock"
