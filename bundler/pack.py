@@ -15,7 +15,6 @@ from .formats.signing import load_private_key
 from .layout import (
     APP_DIR,
     BASE_IMAGE_TAR,
-    MODEL_DIR,
     RUNTIME_DIR,
     RUNTIME_LIB,
     RUNTIME_PACKAGE,
@@ -85,13 +84,17 @@ def _app_files(project: Project) -> list[SourceFile]:
 
 
 def _model_files(project: Project) -> list[SourceFile]:
-    model = project.model
-    if model.is_dir():
-        files = collect_tree(model, MODEL_DIR)
-        if not files:
-            raise ProjectError(f"model folder {model} is empty")
-        return files
-    return [SourceFile(f"{MODEL_DIR}/{model.name}", model, 0o644)]
+    """Each model file or folder under ``model/``, keeping its own name (Azure ML's layout)."""
+    files: list[SourceFile] = []
+    for m in project.models:
+        if m.path.is_dir():
+            found = collect_tree(m.path, m.payload_path)
+            if not found:
+                raise ProjectError(f"model folder {m.path} is empty")
+            files.extend(found)
+        else:
+            files.append(SourceFile(m.payload_path, m.path, 0o644))
+    return files
 
 
 def _to_manifest_target(target: Target) -> mf.Target:

@@ -13,7 +13,7 @@ from typing import Any, Final, cast
 from packaging.version import InvalidVersion, Version
 
 from .errors import ProjectError
-from .layout import PACKAGE_MODES, PackageMode
+from .layout import MODEL_DIR, PACKAGE_MODES, PackageMode
 from .target import Target
 
 PROJECT_FILE: Final = "bundle.toml"
@@ -32,10 +32,15 @@ _TOP_KEYS: Final = frozenset(
         "expires",
         "target",
         "env",
+        "models",
     }
 )
 _TARGET_KEYS: Final = frozenset({"python", "platforms", "implementation", "abi"})
-_REQUIRED: Final = ("name", "version", "model")
+_REQUIRED: Final = ("name", "version")
+_MODEL_KEYS: Final = frozenset({"name", "version", "path"})
+# Azure ML's model names: letters, digits, '-', '_', '.'; they become folder names here.
+_MODEL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+_MODEL_VERSION_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # The name becomes an image name and part of file names, so Docker's rules apply: lowercase.
 _NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -52,6 +57,28 @@ MAX_EXPIRY_DAYS: Final = 36_500
 
 
 @dataclass(frozen=True)
+class RegisteredModel:
+    """One model file or folder and where it lands under ``model/`` (AZUREML_MODEL_DIR).
+
+    Azure ML's rule: a registered file or folder keeps its own name. With one ``model``,
+    AZUREML_MODEL_DIR is the folder holding it (``model = "clf.pkl"`` gives
+    ``$AZUREML_MODEL_DIR/clf.pkl``, a folder ``model`` gives ``$AZUREML_MODEL_DIR/model/...``);
+    with ``[[models]]`` each one is at ``$AZUREML_MODEL_DIR/<name>/<version>/<file or folder>``.
+    """
+
+    path: Path  # the file or folder in the project
+    name: str | None = None  # [[models]] only
+    version: str | None = None  # [[models]] only
+
+    @property
+    def payload_path(self) -> str:
+        """Its payload path: ``model/<file or folder>`` or ``model/<name>/<version>/<...>``."""
+        if self.name is None:
+            return f"{MODEL_DIR}/{self.path.name}"
+        return f"{MODEL_DIR}/{self.name}/{self.version}/{self.path.name}"
+
+
+@dataclass(frozen=True)
 class Project:
     """A validated bundle.toml. Paths are absolute and exist; see docs/project-file.md."""
 
@@ -59,7 +86,7 @@ class Project:
     name: str
     version: str  # a PEP 440 version (rollback checks compare them)
     entry_script: Path  # a .py file; goes to app/<its file name>
-    model: Path  # a file or a folder; goes to model/
+    models: tuple[RegisteredModel, ...]  # `model = ...` (one) or `[[models]]` (one or more)
     lock: Path  # the hashed requirements lock
     target: Target
     mode: PackageMode = "mounted"
@@ -68,6 +95,11 @@ class Project:
     env: Mapping[str, str] = field(default_factory=dict)
     expires_days: int | None = None  # `expires = 90`: days after creation
     expires_on: dt.datetime | None = None  # `expires = 2027-01-01`: a fixed UTC instant
+
+    @property
+    def model(self) -> Path:
+        """The first model's file or folder (the only one unless ``[[models]]`` lists more)."""
+        return self.models[0].path
 
     def expires_at(self, created: int) -> int | None:
         """The manifest's ``expires`` (epoch seconds) for a bundle created at ``created``.
@@ -157,23 +189,24 @@ class _Checker:
         source_dir = None
         if "source_dir" in data:
             source_dir = self.path("source_dir", data["source_dir"], kind="dir")
-        model = self.path("model", data["model"], kind="any") if "model" in data else None
+        models = self.models()
         lock = self.path("lock", data.get("lock", "requirements.lock"), kind="file")
         mode = self.mode()
         base_image = self.base_image()
         env = self.env()
         days, on = self.expires()
         target = self.target()
-        self.layout_rules(entry, source_dir, model)
+        for m in models:
+            self.layout_rules(entry, source_dir, m.path)
         if self.problems:
             return None
-        assert name and version and entry and model and lock and target and mode
+        assert name and version and entry and models and lock and target and mode
         return Project(
             root=self.root,
             name=name,
             version=version,
             entry_script=entry,
-            model=model,
+            models=models,
             lock=lock,
             target=target,
             mode=mode,
@@ -235,6 +268,59 @@ class _Checker:
             self.add(f"{key} {text!r} does not exist in {self.root} (train or copy it first)")
             return None
         return path
+
+    def models(self) -> tuple[RegisteredModel, ...]:
+        """``model = "..."`` (one file or folder) or ``[[models]]`` tables, never both."""
+        data = self.data
+        if "model" in data and "models" in data:
+            self.add(
+                "model and [[models]] are both set; use `model` for one model or [[models]] "
+                "(name, version, path) for several"
+            )
+            return ()
+        if "model" in data:
+            path = self.path("model", data["model"], kind="any")
+            return (RegisteredModel(path),) if path is not None else ()
+        raw = data.get("models")
+        if raw is None:
+            self.add('model is missing: model = "model" (a file or folder), or [[models]] tables')
+            return ()
+        if not isinstance(raw, list) or not raw or not all(isinstance(t, dict) for t in raw):
+            self.add("models must be [[models]] tables with name, version and path")
+            return ()
+        found: list[RegisteredModel] = []
+        seen: set[tuple[str, str]] = set()
+        for i, table in enumerate(raw):
+            where = f"models[{i}]"
+            unknown = sorted(set(table) - _MODEL_KEYS)
+            if unknown:
+                self.add(
+                    f"unknown key(s) {where}.{', '.join(unknown)} (known: name, path, version)"
+                )
+            missing = [k for k in ("name", "version", "path") if k not in table]
+            if missing:
+                self.add(f"{where} lacks {', '.join(missing)}")
+                continue
+            name, version = table["name"], table["version"]
+            if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
+                version = str(version)  # Azure ML model versions are integers
+            if not isinstance(name, str) or not _MODEL_NAME_RE.match(name):
+                self.add(
+                    f"{where}.name {name!r} must be letters, digits, '.', '_' or '-' "
+                    "(it becomes a folder name under AZUREML_MODEL_DIR)"
+                )
+                continue
+            if not isinstance(version, str) or not _MODEL_VERSION_RE.match(version):
+                self.add(f"{where}.version {version!r} must be a number such as 1, or a short tag")
+                continue
+            if (name.casefold(), version.casefold()) in seen:
+                self.add(f"{where}: model {name} version {version} is listed twice")
+                continue
+            seen.add((name.casefold(), version.casefold()))
+            path = self.path(f"{where}.path", table["path"], kind="any")
+            if path is not None:
+                found.append(RegisteredModel(path, name, version))
+        return tuple(found)
 
     def mode(self) -> PackageMode | None:
         value = self.string("mode", self.data.get("mode", "mounted"))

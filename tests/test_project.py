@@ -236,3 +236,94 @@ def test_the_iris_example_loads() -> None:
     assert project.model.is_dir()
     assert (project.model / "model.joblib").is_file()
     assert project.entry_script.name == "score.py"
+
+
+def test_a_single_model_keeps_its_name_under_the_model_dir(tmp_path: Path) -> None:
+    folder = load_project(_project(tmp_path / "a", MINIMAL))
+    assert [m.payload_path for m in folder.models] == ["model/model"]
+    as_file = load_project(
+        _project(
+            tmp_path / "b",
+            'name = "demo"\nversion = "1"\nmodel = "clf.pkl"\n',
+            files=("clf.pkl",),
+        )
+    )
+    assert [m.payload_path for m in as_file.models] == ["model/clf.pkl"]
+
+
+MULTI = """
+name = "demo"
+version = "1.0.0"
+
+[[models]]
+name = "classifier"
+version = 3
+path = "model"
+
+[[models]]
+name = "tokenizer"
+version = "2"
+path = "tok.json"
+"""
+
+
+def test_multi_model_tables_land_under_name_and_version(tmp_path: Path) -> None:
+    project = load_project(_project(tmp_path, MULTI, files=("tok.json",)))
+    root = tmp_path.resolve()
+    assert [(m.name, m.version, m.path, m.payload_path) for m in project.models] == [
+        ("classifier", "3", root / "model", "model/classifier/3/model"),
+        ("tokenizer", "2", root / "tok.json", "model/tokenizer/2/tok.json"),
+    ]
+
+
+def test_multi_model_problems_are_all_reported(tmp_path: Path) -> None:
+    toml = """
+name = "demo"
+version = "1.0.0"
+model = "model"
+
+[[models]]
+name = "x"
+version = 1
+path = "model"
+"""
+    with pytest.raises(ProjectError, match="model and \\[\\[models\\]\\] are both set"):
+        load_project(_project(tmp_path / "both", toml))
+    toml = """
+name = "demo"
+version = "1.0.0"
+
+[[models]]
+name = "a/b"
+version = 1
+path = "model"
+
+[[models]]
+name = "ok"
+version = 1
+path = "missing.bin"
+colour = "red"
+
+[[models]]
+name = "ok2"
+path = "model"
+
+[[models]]
+name = "dup"
+version = 1
+path = "model"
+
+[[models]]
+name = "DUP"
+version = 1
+path = "model"
+"""
+    with pytest.raises(ProjectError) as err:
+        load_project(_project(tmp_path / "bad", toml))
+    message = str(err.value)
+    assert "models[0].name 'a/b'" in message
+    assert "models[1].colour" in message
+    assert "models[1].path 'missing.bin' does not exist" in message
+    assert "models[2] lacks version" in message
+    assert "models[4]: model DUP version 1 is listed twice" in message
+    assert "5 problem(s)" in message

@@ -19,10 +19,11 @@ N_FEATURES = 4
 
 
 def init() -> None:
-    """Load the model from AZUREML_MODEL_DIR (the unpacked bundle's model/ folder)."""
+    """Load the model as Azure ML lays it out: the registered folder ``model`` keeps its name
+    under AZUREML_MODEL_DIR, so the file is $AZUREML_MODEL_DIR/model/model.joblib."""
     global model
     model_dir = Path(os.environ["AZUREML_MODEL_DIR"])
-    model = joblib.load(model_dir / "model.joblib")
+    model = joblib.load(model_dir / "model" / "model.joblib")
 
 
 def run(raw_data: str | bytes | dict[str, Any]) -> dict[str, Any]:
