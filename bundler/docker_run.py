@@ -51,9 +51,11 @@ from .layout import (
     BASE_IMAGE_TAR,
     DOCKERFILE,
     DOCKERFILE_BAKED,
+    IMAGE_PREFIX_MOUNT,
     IMAGE_SITE_MOUNT,
     IMAGE_WHEELS_MOUNT,
     MODEL_DIR,
+    PREFIX_DIR,
     RUNTIME_DIR,
     SCORING_PORT,
     SITE_DIR,
@@ -168,7 +170,8 @@ def build_context(
         TreeModifiedError: a listed file differs from the manifest or cannot be read.
     """
     dockerfile = DOCKERFILE_BAKED if variant == "baked" else DOCKERFILE
-    roots = {RUNTIME_DIR, MODEL_DIR, APP_DIR} | ({SITE_DIR} if variant == "baked" else set())
+    baked_roots = {SITE_DIR, PREFIX_DIR} if variant == "baked" else set()
+    roots = {RUNTIME_DIR, MODEL_DIR, APP_DIR} | baked_roots
     files = manifest.file_map()
     if dockerfile not in files:
         raise ImageBuildError(
@@ -360,7 +363,7 @@ def container_name(manifest: Manifest, dest: Path) -> str:
 
 
 def _roots_for(mode: PackageMode) -> set[str]:
-    return {"mounted": {SITE_DIR}, "dynamic": {WHEELS_DIR}, "baked": set()}[mode]
+    return {"mounted": {SITE_DIR, PREFIX_DIR}, "dynamic": {WHEELS_DIR}, "baked": set()}[mode]
 
 
 def _run_env_and_mounts(
@@ -377,6 +380,7 @@ def _run_env_and_mounts(
         env = {
             "AZUREML_EXTRA_PYTHON_LIB_PATH": "",
             "AZUREML_EXTRA_REQUIREMENTS_TXT": f"{IMAGE_WHEELS_MOUNT}/requirements.txt",
+            "AIRGAP_PREFIX": "",
         }
         return env, (BindMount(str(dest / WHEELS_DIR), IMAGE_WHEELS_MOUNT),)
     if mode == "mounted":
@@ -388,7 +392,10 @@ def _run_env_and_mounts(
                     remedy="run it with --mode dynamic",
                 )
             return {"AZUREML_EXTRA_PYTHON_LIB_PATH": ""}, ()  # no packages at all
-        return {}, (BindMount(str(dest / SITE_DIR), IMAGE_SITE_MOUNT),)
+        mounts = [BindMount(str(dest / SITE_DIR), IMAGE_SITE_MOUNT)]
+        if any(p.startswith(PREFIX_DIR + "/") for p in paths):
+            mounts.append(BindMount(str(dest / PREFIX_DIR), IMAGE_PREFIX_MOUNT))
+        return {}, tuple(mounts)
     return {}, ()
 
 

@@ -26,9 +26,11 @@ from .layout import (
     APP_DIR,
     DOCKERFILE,
     DOCKERFILE_BAKED,
+    IMAGE_PREFIX_MOUNT,
     IMAGE_ROOT,
     IMAGE_SITE_MOUNT,
     MODEL_DIR,
+    PREFIX_DIR,
     RUNTIME_DIR,
     RUNTIME_LIB,
     RUNTIME_PACKAGE,
@@ -72,6 +74,7 @@ class DockerfileSpec:
     base_ref: str  # bundle.toml's base image reference, kept for people and the label
     base_digest: str | None  # "sha256:<image id>", or None when no engine answered at pack
     env: Mapping[str, str] = field(default_factory=dict)  # manifest env for the scoring process
+    has_prefix: bool = False  # the payload has prefix/ (launchers, headers, data files)
 
 
 def image_path(payload_path: str) -> str:
@@ -87,6 +90,9 @@ def runtime_env(spec: DockerfileSpec) -> dict[str, str]:
             "AZUREML_ENTRY_SCRIPT": image_path(spec.entry_script),
             "AZUREML_MODEL_DIR": image_path(MODEL_DIR),
             "AZUREML_EXTRA_PYTHON_LIB_PATH": IMAGE_SITE_MOUNT,
+            # Mounted beside site-packages (or copied, baked); `airgap run` empties it for
+            # the dynamic mode, where pip's --target folder has its own bin/.
+            **({"AIRGAP_PREFIX": IMAGE_PREFIX_MOUNT} if spec.has_prefix else {}),
             "PYTHONPATH": f"{image_path(RUNTIME_DIR)}:{image_path(RUNTIME_LIB)}",
             # The image's files are read-only to the server user: no .pyc writes to attempt.
             "PYTHONDONTWRITEBYTECODE": "1",
@@ -161,6 +167,8 @@ def render_dockerfile(spec: DockerfileSpec, *, baked: bool = False) -> str:
     ]
     if variant == "baked":
         lines.append(f"COPY {SITE_DIR}/ {IMAGE_SITE_MOUNT}/")
+        if spec.has_prefix:
+            lines.append(f"COPY {PREFIX_DIR}/ {IMAGE_PREFIX_MOUNT}/")
     lines += [
         f"COPY {MODEL_DIR}/ {image_path(MODEL_DIR)}/",
         f"COPY {APP_DIR}/ {image_path(APP_DIR)}/",

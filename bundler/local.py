@@ -31,6 +31,7 @@ from .interpreters import Interpreter, find_python, probe_interpreter
 from .layout import (
     APP_DIR,
     MODEL_DIR,
+    PREFIX_DIR,
     RUNTIME_DIR,
     RUNTIME_LIB,
     RUNTIME_PACKAGE,
@@ -47,7 +48,7 @@ VENV_MARKER: Final = "airgap-venv.json"
 VENV_FORMAT: Final = 1
 # What `serve` re-checks before every start; docker/ (a base image tar can be gigabytes) is
 # never executed by the local runner, so it is not hashed again here.
-SERVE_ROOTS: Final = frozenset({APP_DIR, MODEL_DIR, SITE_DIR, WHEELS_DIR, RUNTIME_DIR})
+SERVE_ROOTS: Final = frozenset({APP_DIR, MODEL_DIR, SITE_DIR, PREFIX_DIR, WHEELS_DIR, RUNTIME_DIR})
 # Environment variables the runner always sets itself; the host's values never pass through.
 _RUNNER_OWNED: Final = frozenset(
     {
@@ -57,6 +58,9 @@ _RUNNER_OWNED: Final = frozenset(
         "AZUREML_EXTRA_REQUIREMENTS_TXT",
         "AIRGAP_HOST",
         "AIRGAP_PORT",
+        "AIRGAP_PREFIX",
+        "AIRGAP_SITE_DIRS",
+        "AIRGAP_PYTHON",
         "VIRTUAL_ENV",
         "CONDA_PREFIX",
         "CONDA_DEFAULT_ENV",
@@ -288,6 +292,8 @@ def scoring_environment(
         env["AZUREML_EXTRA_REQUIREMENTS_TXT"] = str(dest / WHEELS_REQUIREMENTS)
     else:
         env["AZUREML_EXTRA_PYTHON_LIB_PATH"] = str(dest / SITE_DIR)
+        if any(f.path.startswith(PREFIX_DIR + "/") for f in manifest.files):
+            env["AIRGAP_PREFIX"] = str(dest / PREFIX_DIR)
     return env
 
 

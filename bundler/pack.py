@@ -15,6 +15,7 @@ from .formats.signing import load_private_key
 from .layout import (
     APP_DIR,
     BASE_IMAGE_TAR,
+    PREFIX_DIR,
     RUNTIME_DIR,
     RUNTIME_LIB,
     RUNTIME_PACKAGE,
@@ -130,7 +131,9 @@ def _base_image(
     )
 
 
-def _dockerfiles(project: Project, base: mf.BaseImage | None, created: int) -> list[SourceFile]:
+def _dockerfiles(
+    project: Project, base: mf.BaseImage | None, created: int, *, has_prefix: bool
+) -> list[SourceFile]:
     if base is None:
         return []
     from .dockerfile import DockerfileSpec, render_dockerfiles
@@ -143,6 +146,7 @@ def _dockerfiles(project: Project, base: mf.BaseImage | None, created: int) -> l
         created=created,
         entry_script=f"{APP_DIR}/{project.entry_script.name}",
         env=dict(project.env),
+        has_prefix=has_prefix,
     )
     return [SourceFile(path, data, 0o644) for path, data in render_dockerfiles(spec).items()]
 
@@ -194,9 +198,10 @@ def pack(
             *collect_tree(work / "site", SITE_DIR, skip_pycache=False),
             *runtime_sources(),
             *collect_tree(work / "runtime-lib", RUNTIME_LIB, skip_pycache=False),
-            *_dockerfiles(project, base, created),
             *base_files,
         ]
+        has_prefix = any(f.path.startswith(PREFIX_DIR + "/") for f in files)
+        files.extend(_dockerfiles(project, base, created, has_prefix=has_prefix))
         if project.mode == "dynamic" or include_wheels:
             files.extend(_wheel_files(wheels, render_lock(reqs)))
         meta = BundleMeta(

@@ -23,6 +23,9 @@ LOG_LEVEL = "AZUREML_LOG_LEVEL"
 MAX_REQUEST_BYTES = "AIRGAP_MAX_REQUEST_BYTES"
 HOST = "AIRGAP_HOST"
 PORT = "AIRGAP_PORT"
+# The bundle's install prefix (prefix/: bin/ launchers, include/, data files), beside the
+# site-packages tree; its bin/ goes first on PATH.
+PREFIX = "AIRGAP_PREFIX"
 
 DEFAULT_PORT = 5001
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - a container's server must listen on all interfaces
@@ -53,6 +56,7 @@ class Settings:
     scoring_timeout_ms: int  # milliseconds; 0 turns the per-request cut-off off
     max_request_bytes: int  # bytes of request body; larger bodies get 413
     log_level: str
+    prefix: Path | None = None  # the bundle's prefix/ folder, when it has one
 
     @property
     def bind(self) -> str:
@@ -134,6 +138,13 @@ def load_settings(env: Mapping[str, str], cwd: Path) -> Settings:
         if not requirements.is_file():
             raise ConfigError(f"{EXTRA_REQUIREMENTS}={raw_req}: no such file ({requirements})")
 
+    prefix: Path | None = None
+    raw_prefix = env.get(PREFIX, "").strip()
+    if raw_prefix:
+        prefix = _resolve(raw_prefix, base).absolute()
+        if not prefix.is_dir():
+            raise ConfigError(f"{PREFIX}={raw_prefix}: no such folder ({prefix})")
+
     log_level = env.get(LOG_LEVEL, "info").strip().lower() or "info"
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"{LOG_LEVEL}={log_level!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -150,4 +161,5 @@ def load_settings(env: Mapping[str, str], cwd: Path) -> Settings:
         scoring_timeout_ms=_int(env, SCORING_TIMEOUT_MS, DEFAULT_SCORING_TIMEOUT_MS, 0),
         max_request_bytes=_int(env, MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES, 1),
         log_level=log_level,
+        prefix=prefix,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import site
 import subprocess
 import sys
 import tempfile
@@ -13,10 +14,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, MutableMapping
     from pathlib import Path
 
     from .config import Settings
+
+# Read by the runtime's sitecustomize in child processes: folders whose .pth files to process.
+SITE_DIRS_ENV = "AIRGAP_SITE_DIRS"
+# The serving interpreter, for the bundle's prefix/bin launchers ("${AIRGAP_PYTHON:-python3}").
+PYTHON_ENV = "AIRGAP_PYTHON"
 
 # The module name Azure ML's server gives the entry script; reused when the file's own stem is
 # already taken (e.g. a score.py named after an installed package).
@@ -94,12 +100,56 @@ def install_requirements(requirements: Path) -> str:
 
 
 def apply_paths(settings: Settings, requirements_dir: str | None) -> None:
-    """Order sys.path as Azure ML does: user packages first, then the entry script's folder."""
-    first = [str(p) for p in settings.extra_lib_paths]
+    """Order sys.path as Azure ML does, and hand the same view to child processes.
+
+    In this process: the user's packages first (AZUREML_EXTRA_PYTHON_LIB_PATH, or the folder
+    the extra requirements went to), then the entry script's folder; the ``.pth`` files of
+    those package folders are processed, as a virtualenv's site-packages would be.
+
+    For child processes (``subprocess``, multiprocessing, joblib's loky workers), which start
+    a fresh interpreter that knows nothing of this sys.path: PYTHONPATH gets the same
+    folders in the same order, ``AIRGAP_SITE_DIRS`` names the package folders so the
+    runtime's ``sitecustomize`` processes their ``.pth`` files there too, ``AIRGAP_PYTHON``
+    is this interpreter (used by the bundle's ``prefix/bin`` launchers), and the bin folders
+    of the bundle's prefix and of the extra requirements go first on PATH.
+    """
+    sites = [str(p) for p in settings.extra_lib_paths]
     if requirements_dir:
-        first.append(requirements_dir)
-    first.append(str(settings.entry_script.parent))
+        sites.append(requirements_dir)
+    first = [*sites, str(settings.entry_script.parent)]
     prepend_paths(first)
+    for folder in sites:
+        # Already on sys.path, so only its .pth files are processed (in sorted order, and
+        # appending what they add, exactly as at interpreter start-up).
+        site.addsitedir(folder)
+    child_environment(os.environ, first, sites, settings, requirements_dir)
+
+
+def child_environment(
+    env: MutableMapping[str, str],
+    first: list[str],
+    sites: list[str],
+    settings: Settings,
+    requirements_dir: str | None,
+) -> None:
+    """Set the variables that give child processes this process's packages (see apply_paths)."""
+    existing = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(_unique([*first, *existing]))
+    env[SITE_DIRS_ENV] = os.pathsep.join(sites)
+    env[PYTHON_ENV] = sys.executable
+    bins = []
+    if settings.prefix is not None:
+        bins.append(str(settings.prefix / "bin"))
+    if requirements_dir:
+        bins.append(os.path.join(requirements_dir, "bin"))  # pip --target puts scripts there
+    bins = [b for b in bins if os.path.isdir(b)]
+    if bins:
+        path = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p]
+        env["PATH"] = os.pathsep.join(_unique([*bins, *path]))
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
 
 
 def _module_name(entry: Path) -> str:
