@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+PTH_PROBE = "import os, pth_extra; print(pth_extra.VALUE, os.environ.get('AIRGAP_PTH_RAN'))"
+
 
 def init():
     pass
@@ -44,7 +46,7 @@ def run(raw_data):
             [
                 sys.executable,
                 "-c",
-                "import os, pth_extra; print(pth_extra.VALUE, os.environ.get('AIRGAP_PTH_RAN'))",
+                PTH_PROBE,
             ],
             capture_output=True,
             text=True,
