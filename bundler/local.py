@@ -291,8 +291,11 @@ def scoring_environment(
     if manifest.mode == "dynamic":
         env["AZUREML_EXTRA_REQUIREMENTS_TXT"] = str(dest / WHEELS_REQUIREMENTS)
     else:
-        env["AZUREML_EXTRA_PYTHON_LIB_PATH"] = str(dest / SITE_DIR)
-        if any(f.path.startswith(PREFIX_DIR + "/") for f in manifest.files):
+        tops = {f.path.split("/", 1)[0] for f in manifest.files}
+        # A project with no packages has no site-packages/ at all (nothing to put on the path).
+        if SITE_DIR in tops:
+            env["AZUREML_EXTRA_PYTHON_LIB_PATH"] = str(dest / SITE_DIR)
+        if PREFIX_DIR in tops:
             env["AIRGAP_PREFIX"] = str(dest / PREFIX_DIR)
     return env
 
