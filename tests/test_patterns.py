@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -125,6 +126,70 @@ def _pth_wheel(r: list[Response]) -> None:
     assert out["child"] == "setuptools/_distutils/__init__.py", out["child_err"]
 
 
+SCHEMA_BODY = {
+    "data": [[1, 2, 3], [4, 5, 6]],
+    "frame": [{"a": 1, "b": 2.5}, {"a": 3, "b": 0.5}],
+    "scale": 2.0,
+}
+
+
+def _schema(r: list[Response]) -> None:
+    ok, missing, wrong_type, get, swagger = r
+    assert ok.status == 200, ok.body
+    assert ok.json() == {
+        "row_sums": [13.0, 31.0],
+        "frame_sum": 7.0,
+        "types": ["ndarray", "DataFrame", "float"],
+    }
+    # Azure ML's server: a missing parameter is 400, a body that is not JSON is 415.
+    assert missing.status == 400, missing.body
+    assert "'data'" in missing.json()["message"]
+    assert wrong_type.status == 415, wrong_type.body
+    assert get.status == 200, get.body
+    assert get.json() == {
+        "row_sums": [19.0],
+        "frame_sum": 3.5,
+        "types": ["ndarray", "DataFrame", "float"],
+    }
+    assert swagger.status == 200, swagger.body
+    doc = swagger.json()
+    text = json.dumps(doc)
+    assert "/score" in text and '"frame"' in text and '"data"' in text, text[:500]
+
+
+def _multipart(fields: dict[str, str], name: str, filename: str, data: bytes) -> tuple[bytes, str]:
+    boundary = "airgap-test-boundary-7f3a"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
+    return b"".join(
+        parts
+    ) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+UPLOAD, UPLOAD_TYPE = _multipart({"width": "3"}, "image", "cat.bin", bytes(range(10)))
+
+
+def _rawhttp(r: list[Response]) -> None:
+    get, upload = r
+    assert get.status == 200, get.body
+    assert get.json() == {"method": "GET", "args": {"x": ["1", "2"], "y": ["z"]}}
+    assert get.headers["x-raw"] == "yes"
+    assert upload.status == 201, upload.body
+    assert upload.headers["content-type"] == "image/png"
+    assert (upload.headers["x-upload-name"], upload.headers["x-upload-bytes"]) == ("cat.bin", "10")
+    assert upload.body.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", upload.body[16:24])
+    assert (width, height) == (3, 10 % 7)
+
+
 PATTERNS = {
     "folder-model": Pattern(
         "folder-model", (post({"data": [[1, 2, 3], [4, 5, 6]]}),), _folder_model
@@ -139,6 +204,32 @@ PATTERNS = {
     ),
     "data-wheel": Pattern("data-wheel", (post({}),), _data_wheel),
     "pth-wheel": Pattern("pth-wheel", (post({}),), _pth_wheel),
+    "schema": Pattern(
+        "schema",
+        (
+            post(SCHEMA_BODY),
+            post({k: v for k, v in SCHEMA_BODY.items() if k != "data"}),
+            Call(
+                "POST",
+                body=json.dumps(SCHEMA_BODY).encode(),
+                headers={"Content-Type": "text/plain"},
+            ),
+            Call(
+                "GET",
+                "/score?data=%5B%5B1%2C2%2C3%5D%5D&frame=%5B%7B%22a%22%3A1%2C%22b%22%3A2.5%7D%5D&scale=3.0",
+            ),
+            Call("GET", "/swagger.json"),
+        ),
+        _schema,
+    ),
+    "rawhttp": Pattern(
+        "rawhttp",
+        (
+            Call("GET", "/score?x=1&x=2&y=z"),
+            Call("POST", body=UPLOAD, headers={"Content-Type": UPLOAD_TYPE}),
+        ),
+        _rawhttp,
+    ),
 }
 
 
