@@ -109,14 +109,12 @@ class HostFacts:
         return HostFacts(self.machine, self.system, self.libc, self.libc_version)
 
     def describe(self) -> str:
-        """e.g. ``linux x86_64 with glibc 2.36, python 3.11 (cp311)``."""
+        """e.g. ``linux x86_64 with glibc 2.36, CPython 3.11``; only what is known."""
         text = f"{self.system} {self.machine}"
         if self.libc:
             text += f" with {self.libc}"
             if self.libc_version:
                 text += " {}.{}".format(*self.libc_version)
-        elif self.system == "linux":
-            text += " with an unrecognised C library"
         if self.python is not None:
             impl = _IMPL_NAMES.get(self.implementation or "", self.implementation)
             text += f", {impl} {self.python}"
