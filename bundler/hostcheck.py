@@ -272,7 +272,11 @@ def _remedy(target: Target, facts: HostFacts, problems: Sequence[Problem], doing
         )
     tag = facts.platform_tag()
     again = f'pack again for this host ([target] platforms = ["{tag}"])' if tag else "pack again"
-    text = f"serve it on a machine the target fits, {again}, or use the Docker path"
+    if fields & {"os", "architecture"}:
+        # The Docker path on this host has this host's architecture: no way around it here.
+        text = f"serve it on a machine the target fits, or {again}"
+    else:
+        text = f"{again}, or use the Docker path (airgap build) with a base image that fits"
     if doing == "unpack":
         text += "; pass --no-host-check to unpack it here anyway"
     return text
