@@ -30,7 +30,7 @@ from bundler.hostcheck import (
     target_summary,
     unpack_verdict,
 )
-from bundler.hostprobe import parse_probe, probe_interpreter_facts, this_host
+from bundler.hostprobe import PROBE, parse_probe, probe_interpreter_facts, this_host
 from bundler.local import LocalServer
 from bundler.pack import runtime_sources
 from bundler.verify.unpack import unpack
@@ -387,3 +387,18 @@ def test_serve_uses_the_python_it_is_given(publisher: KeyPair, tmp_path: Path) -
         assert (status, json.loads(body)) == (200, {"python": "3.12"})
     marker = json.loads((dest / ".airgap" / "venv" / "airgap-venv.json").read_text())
     assert (marker["python"], marker["base"]) == ("3.12", str(given))
+
+
+def test_probe_reads_musls_version_from_its_loader_when_glibc_does_not_answer() -> None:
+    # As on a musl system: confstr knows no glibc. musl's loader is real (Debian's musl).
+    loaders = sorted(Path("/lib").glob("ld-musl-*.so.1"))
+    code = "import os\ndel os.confstr\n" + PROBE
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    got = parse_probe(proc.stdout)
+    if not loaders:
+        assert (got.libc, got.libc_version) == (None, None)
+        pytest.skip("no musl loader here (apt-get install musl) to read a version from")
+    assert (got.libc, got.libc_version) == ("musl", (1, 2))  # Debian 12's musl is 1.2.3
+    assert check(target("3.11", "musllinux_1_2_x86_64"), got.platform_only()) == []
