@@ -80,6 +80,13 @@ _recheck_trust = click.option(
     "verified it at unpack).",
 )
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for automation.")
+_python_option = click.option(
+    "--python",
+    "python",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Make the virtualenv from this interpreter instead of searching the host "
+    "(it must be the bundle's Python version and implementation).",
+)
 _quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 _dest_arg = click.argument("dest", type=click.Path(path_type=Path, file_okay=False, exists=True))
 
@@ -165,9 +172,12 @@ def lock_cmd(requirements_in: Path, output: Path | None, upgrade: bool, as_json:
     help="Address to listen on (0.0.0.0: every interface).",
 )
 @_recheck_trust
+@_python_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line once healthy.")
 @_funnel
-def serve_cmd(dest: Path, port: int, host: str, trust: tuple[Path, ...], as_json: bool) -> None:
+def serve_cmd(
+    dest: Path, port: int, host: str, trust: tuple[Path, ...], python: Path | None, as_json: bool
+) -> None:
     """Serve an unpacked bundle locally, without Docker (isolated side).
 
     \b
@@ -176,9 +186,10 @@ def serve_cmd(dest: Path, port: int, host: str, trust: tuple[Path, ...], as_json
       curl -d '{"data": [[5.1, 3.5, 1.4, 0.2]]}' http://127.0.0.1:5001/score
     DEST is re-checked against its signed manifest first (exit 3 if changed). The
     server runs in a virtualenv cached in DEST/.airgap/venv, made from a host Python
-    of the bundle's version, with only the bundle's packages on its path. No network
-    is used. Environment variables such as WORKER_COUNT and SCORING_TIMEOUT_MS pass
-    through (see docs/runtime.md).
+    of the bundle's version (or --python), with only the bundle's packages on its path.
+    A bundle for another architecture, C library or Python is refused first (exit 1).
+    No network is used. Environment variables such as WORKER_COUNT and
+    SCORING_TIMEOUT_MS pass through (see docs/runtime.md).
     """
     from .local import serve as serve_local
 
@@ -188,7 +199,9 @@ def serve_cmd(dest: Path, port: int, host: str, trust: tuple[Path, ...], as_json
         else:
             click.echo(f"serving {dest} at {url}/score (Ctrl-C stops)", err=True)
 
-    serve_local(dest, port=port, host=host, trust=list(trust) or None, on_ready=ready)
+    serve_local(
+        dest, port=port, host=host, trust=list(trust) or None, on_ready=ready, python=python
+    )
 
 
 # ---- Docker: build, run, stop (bundler/docker_run.py, bundler/engine.py) -----------------
@@ -299,6 +312,7 @@ def build_cmd(
 )
 @click.option("--local", is_flag=True, help="No Docker: serve DEST with the local runner.")
 @_recheck_trust
+@_python_option
 @_json_option
 @_funnel
 def run_cmd(
@@ -311,6 +325,7 @@ def run_cmd(
     timeout: float,
     local: bool,
     trust: tuple[Path, ...],
+    python: Path | None,
     as_json: bool,
 ) -> None:
     """Run an unpacked bundle's image and wait until it answers (isolated side).
@@ -326,8 +341,13 @@ def run_cmd(
     image first with `airgap build DEST`. Without Docker, use --local (airgap serve).
     """
     if local:
-        _run_local(dest, port, bind, mode, detach, no_network, trust, as_json)
+        _run_local(dest, port, bind, mode, detach, no_network, trust, python, as_json)
         return
+    if python is not None:
+        raise UsageError(
+            "--python is for the local runner; the image runs its own python3",
+            remedy="add --local, or drop --python",
+        )
     from .docker_run import RunOptions, follow, start
 
     options = RunOptions(
@@ -378,6 +398,7 @@ def _run_local(
     detach: bool,
     no_network: bool,
     trust: tuple[Path, ...],
+    python: Path | None,
     as_json: bool,
 ) -> None:
     """`run --local`: the local runner (bundler/local.py), in the foreground."""
@@ -398,7 +419,9 @@ def _run_local(
         else:
             click.echo(f"serving {dest} locally at {url}/score (Ctrl-C stops)", err=True)
 
-    serve_local(dest, port=port, host=bind, trust=list(trust) or None, on_ready=ready)
+    serve_local(
+        dest, port=port, host=bind, trust=list(trust) or None, on_ready=ready, python=python
+    )
 
 
 @cli.command("stop")
@@ -771,6 +794,11 @@ def verify(bundle: Path, trust: tuple[Path, ...], quiet: bool, as_json: bool) ->
     is_flag=True,
     help="Replace an installed newer version with this older one.",
 )
+@click.option(
+    "--no-host-check",
+    is_flag=True,
+    help="Unpack even if the bundle's target platform does not fit this host.",
+)
 @_quiet_option
 @_json_option
 @_funnel
@@ -779,6 +807,7 @@ def unpack(
     dest: Path,
     trust: tuple[Path, ...],
     allow_downgrade: bool,
+    no_host_check: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -789,14 +818,25 @@ def unpack(
       airgap unpack iris.airgap /srv/models/iris --trust keys/airgap.pub
     Every check runs before DEST changes; DEST is replaced in one rename, or left
     exactly as it was. An older version than the one at DEST is refused unless
-    --allow-downgrade.
+    --allow-downgrade. A bundle whose target (architecture, OS, C library) does not
+    fit this host is refused (exit 1) unless it has a base image for the Docker path
+    (then a warning) or --no-host-check is given.
     """
+    from .hostcheck import unpack_verdict
+    from .hostprobe import this_host
+
+    def host_check(manifest: Manifest) -> None:
+        warning = unpack_verdict(manifest, this_host())
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
+
     verified = unpack_bundle(
         bundle,
         dest,
         list(trust),
         allow_downgrade=allow_downgrade,
         progress=_progress(quiet or as_json),
+        before_write=None if no_host_check else host_check,
     )
     m = verified.manifest
     if as_json:

@@ -46,6 +46,8 @@ from .errors import (
     TreeModifiedError,
 )
 from .formats.manifest import FileEntry, Manifest
+from .hostcheck import require as require_host
+from .hostprobe import engine_facts, image_facts
 from .layout import (
     APP_DIR,
     BASE_IMAGE_TAR,
@@ -277,6 +279,8 @@ def build(
         SignatureError, TreeModifiedError (exit 3): the stored manifest or a file used does
             not verify.
         EngineUnavailableError: no engine answers.
+        HostMismatchError: the engine's architecture, or the base image's C library or
+            Python, does not fit the bundle's target (checked before anything is built).
         ImageBuildError: the base image is not pinned or missing, or the build failed.
     """
     dest = Path(os.path.abspath(dest))
@@ -284,8 +288,17 @@ def build(
     # each checked while they are copied into the context (no second pass over the tree).
     manifest = check_unpacked(dest, trust=trust, roots=())
     eng = _connect(engine)
+    # The engine's architecture first (no image work), then the image's own libc and Python.
+    require_host(manifest, engine_facts(eng), subject="the Docker engine", doing="build")
     base_loaded = _ensure_base(eng, dest, manifest, on_line)
     assert manifest.base_image is not None and manifest.base_image.digest is not None
+    base_ref, base_digest = manifest.base_image.ref, manifest.base_image.digest
+    require_host(
+        manifest,
+        image_facts(eng, base_digest),
+        subject=f"the base image {base_ref} ({base_digest[:19]})",
+        doing="build",
+    )
     images = []
     for v in _variants(variant, manifest):
         want = variant_tag(tag, v) if tag else default_tag(manifest.name, manifest.version, v)

@@ -119,6 +119,13 @@ class Engine(Protocol):
     def stop(self, container: str, *, timeout: int = 10) -> None:
         """Stop (SIGTERM, then SIGKILL after ``timeout`` s) and remove the container."""
 
+    def run_once(self, image: str, argv: list[str], *, timeout: float) -> tuple[int, str]:
+        """Run ``argv`` in a throwaway container of ``image`` with no network; return its
+        exit status and output. The container is removed whatever happens."""
+
+    def platform(self) -> str:
+        """The engine's operating system and architecture, e.g. ``linux/x86_64``."""
+
 
 @contextlib.contextmanager
 def _translated(action: str, error: type[BundleError], remedy: str | None = None) -> Iterator[None]:
@@ -388,6 +395,42 @@ class DockerEngine:
                     if e.status_code != 409 or attempt == 19:
                         raise
                     time.sleep(0.1)
+
+    def run_once(self, image: str, argv: list[str], *, timeout: float) -> tuple[int, str]:
+        with _translated(f"run {argv[0]} in image {image[:19]}", ImageBuildError):
+            container = self._api.create_container(
+                image,
+                command=argv[1:],
+                entrypoint=argv[:1],
+                # The same hardening as `airgap run`, and no network at all: this only asks
+                # the image's Python what it is.
+                host_config=self._api.create_host_config(
+                    network_mode="none",
+                    read_only=True,
+                    cap_drop=["ALL"],
+                    security_opt=["no-new-privileges"],
+                ),
+                labels={"airgap-bundler.probe": "1"},
+            )
+            cid = str(container["Id"])
+            try:
+                self._api.start(cid)
+                try:
+                    result = self._api.wait(cid, timeout=timeout)
+                except requests.exceptions.RequestException as e:
+                    raise ImageBuildError(
+                        f"{argv[0]} in image {image[:19]} did not finish within {timeout:.0f}s"
+                    ) from e
+                output = bytes(self._api.logs(cid, stdout=True, stderr=True))
+            finally:
+                with contextlib.suppress(docker.errors.APIError):
+                    self._api.remove_container(cid, force=True)
+        return int(result.get("StatusCode", 1)), output.decode("utf-8", "replace")
+
+    def platform(self) -> str:
+        with _translated("ask the engine its platform", EngineUnavailableError):
+            info = self._client.info()
+        return f"{str(info.get('OSType', 'unknown')).lower()}/{info.get('Architecture', 'unknown')}"
 
 
 def _info(data: Mapping[str, Any]) -> ContainerInfo:

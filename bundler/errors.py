@@ -153,3 +153,12 @@ class ContainerError(BundleError):
 
 class LocalRunnerError(BundleError):
     """The local runner could not create its environment or start the server."""
+
+
+class HostMismatchError(BundleError):
+    """The host, interpreter or base image does not fit the bundle's target platform/Python.
+
+    Not a rejected bundle (exit 1, not 3): the bundle is intact, it is for another machine.
+    """
+
+    prefix = "host check"

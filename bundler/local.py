@@ -27,6 +27,8 @@ from typing import IO, Final
 
 from .errors import LocalRunnerError
 from .formats.manifest import Manifest
+from .hostcheck import require as require_host
+from .hostprobe import interpreter_at, this_host
 from .interpreters import Interpreter, find_python, probe_interpreter
 from .layout import (
     APP_DIR,
@@ -339,8 +341,10 @@ class LocalServer:
         trust: Sequence[Path] | None = None,
         log: Path | None = None,
         environ: Mapping[str, str] | None = None,
+        python: Path | None = None,
     ) -> None:
         self.dest = Path(os.path.abspath(dest))
+        self.python = python  # None: search the host for the target's Python
         self.port = port
         self.host = host
         self.trust = list(trust) if trust else None
@@ -365,11 +369,17 @@ class LocalServer:
         Raises:
             TreeModifiedError and other BundleRejected: DEST does not match its manifest.
             BundleError: DEST is not an unpacked bundle.
+            HostMismatchError: this host, or ``python``, does not fit the bundle's target.
             LocalRunnerError: no matching Python, or the virtualenv cannot be made.
         """
         manifest = check_unpacked(self.dest, trust=self.trust, roots=SERVE_ROOTS)
         self.manifest = manifest
-        interpreter = find_python(manifest.target.python, manifest.target.implementation)
+        # Before any venv work: a bundle for another machine fails here, in one line.
+        require_host(manifest, this_host(), subject="this host", doing="serve")
+        if self.python is not None:
+            interpreter = interpreter_at(self.python, manifest)
+        else:
+            interpreter = find_python(manifest.target.python, manifest.target.implementation)
         python = ensure_venv(
             self.dest / Path(STATE_VENV).parent, interpreter, with_pip=manifest.mode == "dynamic"
         )
@@ -537,18 +547,21 @@ def serve(
     trust: Sequence[Path] | None = None,
     on_ready: Callable[[str], None] | None = None,
     ready_timeout: float = 120.0,
+    python: Path | None = None,
 ) -> None:
     """Serve DEST in the foreground until SIGINT (Ctrl-C) or SIGTERM, then stop gracefully.
 
-    ``on_ready(url)`` is called once the server answers. Used by `airgap serve` and
-    `airgap run --local`; must run in the main thread (it handles SIGTERM).
+    ``on_ready(url)`` is called once the server answers. ``python`` is the interpreter to
+    make the venv from (checked against the target) instead of searching the host. Used by
+    `airgap serve` and `airgap run --local`; must run in the main thread (it handles SIGTERM).
 
     Raises:
         TreeModifiedError, BundleError: DEST is not a verified unpacked bundle.
+        HostMismatchError: this host or ``python`` does not fit the bundle's target.
         LocalRunnerError: no matching Python, the environment or server failed, or the
             server exited on its own with a non-zero status.
     """
-    server = LocalServer(dest, port=port, host=host, trust=trust)
+    server = LocalServer(dest, port=port, host=host, trust=trust, python=python)
     with _SignalGuard():
         try:
             server.start()

@@ -311,12 +311,14 @@ def test_build_context_holds_only_what_the_dockerfile_copies(
 
     dockerfile, members = _context_names(dest, "baked")
     assert dockerfile == "docker/Dockerfile.baked"
+    # prefix/ is there as a folder entry even when empty: the baked Dockerfile may COPY it.
     assert {n.split("/", 1)[0] for n in members} == {
         "docker",
         "runtime",
         "model",
         "app",
         "site-packages",
+        "prefix",
     }
     assert not any(n.startswith(("wheels", ".airgap")) for n in members)
 
@@ -658,3 +660,90 @@ def test_run_local_serves_without_docker(
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+
+
+# ---- the host check: the engine's architecture, the base image's Python ----------------------
+
+
+def _bundle_for(out: Path, key: KeyPair, base_digest: str, target: Target, name: str) -> Path:
+    """The tiny bundle with another ``target`` and name (so its tags are its own)."""
+    sources = [SourceFile(p, data, m) for p, (data, m) in tiny_files(base_digest).items()]
+    meta = BundleMeta(
+        name=name,
+        version="1.0",
+        created=1_700_000_000,
+        target=target,
+        entry_script="app/score.py",
+        mode="mounted",
+        base_image=BaseImage(BASE_REF, base_digest, included=False),
+    )
+    write_bundle(out, sources, meta, key.private, threads=1)
+    return out
+
+
+def _probe_containers(engine: DockerEngine) -> list[str]:
+    return [c.id for c in engine.containers_with_labels({"airgap-bundler.probe": "1"})]
+
+
+@pytest.mark.docker
+def test_build_refuses_when_the_base_images_python_is_not_the_targets(
+    tmp_path: Path,
+    publisher: KeyPair,
+    engine: DockerEngine,
+    base_id: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    py312 = Target("3.12", "cp", "cp312", ("manylinux_2_17_x86_64",))
+    bundle = _bundle_for(tmp_path / "b.airgap", publisher, base_id, py312, "hostcheck-py")
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
+    assert main(["build", str(dest)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        "host check: bundle hostcheck-py 1.0 targets cp312 (python 3.12) on "
+        "manylinux_2_17_x86_64 (linux x86_64, glibc >= 2.17); the base image "
+        f"{BASE_REF} ({base_id[:19]}) is linux x86_64 with glibc 2.36, CPython 3.11 "
+        "(Python 3.12 needed); use a base image with cp312"
+    )
+    assert engine.image_id("hostcheck-py:1.0") is None  # nothing was built
+    assert _probe_containers(engine) == []  # the probe's container is gone
+
+
+@pytest.mark.docker
+def test_build_refuses_another_architecture_before_touching_the_base_image(
+    tmp_path: Path,
+    publisher: KeyPair,
+    engine: DockerEngine,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The engine lacks this base image and the bundle does not carry it: without the engine
+    # check first, the error would be the missing base image.
+    missing = "sha256:" + hashlib.sha256(uuid.uuid4().bytes).hexdigest()
+    arm = Target("3.11", "cp", "cp311", ("manylinux_2_28_aarch64",))
+    bundle = _bundle_for(tmp_path / "b.airgap", publisher, missing, arm, "hostcheck-arm")
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
+    assert main(["build", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert "the Docker engine is linux x86_64 (aarch64 needed)" in err, err
+    assert "lacks the base image" not in err
+
+
+@pytest.mark.docker
+def test_build_still_builds_when_the_base_image_fits(
+    tmp_path: Path,
+    publisher: KeyPair,
+    engine: DockerEngine,
+    base_id: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    py311 = Target("3.11", "cp", "cp311", ("manylinux_2_28_x86_64",))
+    bundle = _bundle_for(tmp_path / "b.airgap", publisher, base_id, py311, "hostcheck-ok")
+    dest = Tiny(bundle, publisher.pub).unpack_to(tmp_path / "dest")
+    try:
+        code, out = cli_json(["build", str(dest)], capsys)
+        assert code == 0, out
+        assert [i["tag"] for i in out["images"]] == ["hostcheck-ok:1.0"]
+        assert engine.image_id("hostcheck-ok:1.0") == out["images"][0]["id"]
+        assert _probe_containers(engine) == []
+    finally:
+        engine.remove_image("hostcheck-ok:1.0")

@@ -13,7 +13,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -284,12 +284,16 @@ def unpack(
     now: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
     progress: Progress | None = None,
+    before_write: Callable[[Manifest], None] | None = None,
 ) -> Verified:
     """Verify ``bundle`` and install its payload at ``dest``, all or nothing.
 
     Members are written into a staging folder beside ``dest`` (same filesystem), synced, and
     swapped in with one rename; on any failure the stage is removed and ``dest`` is exactly as
     it was. A stage left by a killed run is removed by the next run.
+
+    ``before_write`` is called with the verified manifest before anything is written (the
+    CLI's host check); whatever it raises stops the unpack with ``dest`` untouched.
 
     Raises:
         BundleRejected subclasses (exit 3): any failed check, including rollback.
@@ -320,6 +324,8 @@ def unpack(
             opened = _open_checked(f, trust, _now(now), limits, progress)
             if installed is not None and installed.name == opened.manifest.name:
                 check_rollback(opened.manifest, installed, allow_downgrade=allow_downgrade)
+            if before_write is not None:
+                before_write(opened.manifest)
             stage_root: Path | None = None
             try:
                 stage_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_STAGE_TAG}", dir=parent))
