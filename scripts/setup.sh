@@ -11,7 +11,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need=""
 for pair in zstd:zstd unshare:util-linux ip:iproute2 wrk:wrk jq:jq openssl:openssl \
-            mmdebstrap:mmdebstrap dockerd:docker.io; do
+            mmdebstrap:mmdebstrap dockerd:docker.io ld-musl-config:musl; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need="$need $pkg"
 done
