@@ -147,3 +147,39 @@ def test_patch_releases_of_one_minor_version_write_the_same_pycs(tmp_path: Path)
         compile_bytecode(tree, target, interp.path)
         results.append(_pycs(tree))
     assert results[0] and all(r == results[0] for r in results[1:])
+
+
+def test_pack_warns_when_no_interpreter_of_the_target_version_exists(tmp_path: Path) -> None:
+    from bundler.pack import _compile_trees
+    from bundler.progress import NullProgress
+
+    missing = None
+    for minor in range(14, 30):
+        try:
+            find_python(f"3.{minor}")
+        except LocalRunnerError:
+            missing = f"3.{minor}"
+            break
+    if missing is None:
+        pytest.skip("every CPython 3.14-3.29 is installed here")
+    tree = _tree(tmp_path / "site")
+    warnings: list[str] = []
+    target = Target.create(missing, ["manylinux_2_17_x86_64"])
+    _compile_trees(target, [tree], NullProgress(), warnings.append)
+    assert warnings == [
+        f"no Python {missing} was found on this machine, so site-packages ships without "
+        "bytecode and the isolated host compiles every module in memory at each start; "
+        f"install python{missing} (or `pyenv install {missing}`) here and pack again to "
+        "include it"
+    ]
+    assert not _pycs(tree)
+    # With an interpreter there is no warning, and the bytecode is there.
+    other = _other_python()
+    _compile_trees(
+        Target.create(other.version, ["manylinux_2_17_x86_64"]),
+        [tree],
+        NullProgress(),
+        warnings.append,
+    )
+    assert len(warnings) == 1
+    assert _pycs(tree)
