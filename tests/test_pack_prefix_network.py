@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -201,3 +202,38 @@ def test_scikit_learn_intelex_data_maps_into_site_packages(tmp_path: Path) -> No
     record = (site / "scikit_learn_intelex-2026.2.0.dist-info" / "RECORD").read_text()
     assert "sklearnex/__init__.py," in record
     assert "../" not in record
+
+
+def test_a_pack_for_another_python_ships_that_pythons_bytecode(
+    project: Path, tmp_path: Path
+) -> None:
+    from bundler.errors import LocalRunnerError
+    from bundler.interpreters import find_python
+    from bundler.pack import pack
+
+    other = "3.12" if HOST != "3.12" else "3.11"
+    try:
+        find_python(other)
+    except LocalRunnerError:
+        pytest.skip(f"no Python {other} here")
+    proj = tmp_path / "proj"
+    shutil.copytree(project / "proj", proj)
+    (proj / "bundle.toml").write_text(
+        (proj / "bundle.toml").read_text().replace(f'python = "{HOST}"', f'python = "{other}"')
+    )
+    warnings: list[str] = []
+    manifest = pack(
+        proj,
+        tmp_path / "x.airgap",
+        project / "keys" / "airgap.key",
+        cache_dir=project / "cache",
+        find_links=[project / "wheelhouse"],
+        warn=warnings.append,
+    )
+    tag = f"cpython-{other.replace('.', '')}"
+    paths = {f.path for f in manifest.files}
+    assert f"site-packages/tabulate/__pycache__/__init__.{tag}.pyc" in paths
+    assert any(p.startswith("runtime/lib/") and p.endswith(f".{tag}.pyc") for p in paths)
+    assert not [p for p in paths if p.endswith(".pyc") and tag not in p]
+    assert "prefix/bin/tabulate" in paths
+    assert len(warnings) == 1 and "prefix/bin/tabulate is left out" in warnings[0]
