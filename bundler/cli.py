@@ -614,6 +614,14 @@ def keygen(
     type=click.Path(path_type=Path, file_okay=False),
     help="Wheel cache (default: $AIRGAP_CACHE_DIR/wheels or ~/.cache/airgap-bundler/wheels).",
 )
+@click.option(
+    "--find-links",
+    "find_links",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Also take locked wheels from this folder (e.g. wheels you built for pins that "
+    "publish only a source distribution); hash-checked against the lock. Repeatable.",
+)
 @_quiet_option
 @_json_option
 @_funnel
@@ -627,6 +635,7 @@ def pack(
     include_base_image: bool,
     include_wheels: bool,
     cache_dir: Path | None,
+    find_links: tuple[Path, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -645,6 +654,7 @@ def pack(
     passphrase = None
     if private_key_is_encrypted(key):
         passphrase = _passphrase(passphrase_env, prompt="Key passphrase", confirm=False)
+    warnings: list[str] = []
     manifest = do_pack(
         project_dir,
         out,
@@ -656,10 +666,14 @@ def pack(
         include_wheels=include_wheels,
         cache_dir=cache_dir,
         progress=_progress(quiet),
+        find_links=find_links,
+        warn=warnings.append,
     )
     if as_json:
-        emit_json({"ok": True, "bundle": str(out), **_summary(manifest, out)})
+        emit_json({"ok": True, "bundle": str(out), "warnings": warnings, **_summary(manifest, out)})
         return
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
     click.echo(
         f"wrote {out}: {manifest.name} {manifest.version}, "
         f"{manifest.payload.file_count} files, {_human(out.stat().st_size)}"

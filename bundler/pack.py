@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .assemble import BundleMeta, SourceFile, collect_tree, normal_mode, write_bundle
@@ -24,11 +24,12 @@ from .layout import (
     WHEELS_REQUIREMENTS,
 )
 from .lock import for_target, parse_lock, render_lock
+from .packcheck import check_pack
 from .progress import NullProgress, Progress
 from .project import Project, load_project
-from .sitetree import build_site_tree, compile_bytecode
+from .sitetree import build_site_tree, bytecode_interpreter, compile_bytecode
 from .target import Target
-from .wheels import fetch_wheels
+from .wheels import PipDownloader, fetch_wheels
 
 RUNTIME_SOURCE = Path(__file__).parent / "runtime"
 RUNTIME_LOCK = RUNTIME_SOURCE / "requirements.lock"
@@ -163,39 +164,52 @@ def pack(
     include_wheels: bool = False,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    find_links: Sequence[Path] = (),
+    warn: Callable[[str], None] | None = None,
 ) -> mf.Manifest:
     """Build the bundle for the project in ``project_dir`` and write it to ``out``.
 
+    ``find_links``: folders of locally built wheels (e.g. for pins that publish only a
+    source distribution) that pip may take a locked wheel from; each is hash-checked
+    against the lock like a downloaded one. ``warn`` receives one line per thing the bundle
+    carries differently from a virtualenv install (see :func:`build_site_tree`), and when
+    the tree ships without bytecode because no interpreter of the target's version exists
+    here. Library code never prints: the CLI prints these as ``warning: ...``.
+
     Raises:
-        ProjectError, LockError, DownloadError, SiteTreeError, KeyFileError,
+        ProjectError (also: the entry script or target cannot serve, every problem listed),
+        LockError, DownloadError, SiteTreeError, KeyFileError,
         EngineUnavailableError (only with ``include_base_image``), BundleError.
     """
     progress = progress or NullProgress()
+    warn = warn or (lambda _line: None)
     project = load_project(project_dir)
+    check_pack(project.entry_script, project.target, warn=warn)  # before any download
     private_key = load_private_key(key, passphrase)  # fail before any download
     created = source_date_epoch()
     target = project.target
+    source = _wheel_source(find_links)
     reqs = for_target(parse_lock(project.lock), target)
     runtime_reqs = for_target(parse_lock(RUNTIME_LOCK), target)
     with tempfile.TemporaryDirectory(prefix="airgap-pack-") as tmp:
         work = Path(tmp)
-        wheels = fetch_wheels(reqs, target, cache_dir=cache_dir, progress=progress)
+        wheels = fetch_wheels(reqs, target, cache_dir=cache_dir, progress=progress, source=source)
         runtime_wheels = fetch_wheels(runtime_reqs, target, cache_dir=cache_dir, progress=progress)
         progress.start("building site-packages", len(wheels) + len(runtime_wheels), unit="wheels")
-        installed = build_site_tree(wheels, target, work / "site")
+        prefix = work / "prefix"
+        installed = build_site_tree(wheels, target, work / "site", prefix=prefix, warn=warn)
         progress.advance(len(wheels))
+        # The runtime is started as `python -m`: its console scripts are not needed.
         build_site_tree(runtime_wheels, target, work / "runtime-lib")
         progress.advance(len(runtime_wheels))
         progress.finish()
-        progress.start("compiling bytecode")
-        for tree in (work / "site", work / "runtime-lib"):
-            compile_bytecode(tree, target)
-        progress.finish()
+        _compile_trees(target, [work / "site", work / "runtime-lib"], progress, warn)
         base, base_files = _base_image(project, include_base_image, work)
         files: list[SourceFile] = [
             *_app_files(project),
             *_model_files(project),
             *collect_tree(work / "site", SITE_DIR, skip_pycache=False),
+            *(collect_tree(prefix, PREFIX_DIR) if prefix.is_dir() else []),
             *runtime_sources(),
             *collect_tree(work / "runtime-lib", RUNTIME_LIB, skip_pycache=False),
             *base_files,
@@ -219,6 +233,46 @@ def pack(
         return write_bundle(
             out, files, meta, private_key, level=level, threads=threads, progress=progress
         )
+
+
+def _wheel_source(find_links: Sequence[Path]) -> PipDownloader | None:
+    """pip, also looking in ``find_links`` folders; None (the default source) without any.
+
+    Raises:
+        ProjectError: a folder does not exist.
+    """
+    if not find_links:
+        return None
+    missing = [str(d) for d in find_links if not d.is_dir()]
+    if missing:
+        raise ProjectError(
+            f"--find-links folder(s) {', '.join(missing)} do not exist",
+            remedy="pass folders holding the wheels you built",
+        )
+    args: list[str] = []
+    for folder in find_links:
+        args += ["--find-links", str(folder.resolve())]
+    return PipDownloader(extra_args=tuple(args))
+
+
+def _compile_trees(
+    target: Target, trees: Sequence[Path], progress: Progress, warn: Callable[[str], None]
+) -> None:
+    """Bytecode for ``target`` in each tree, or one warning when it cannot be made here."""
+    python = bytecode_interpreter(target)
+    if python is None:
+        if target.implementation == "cp" and target.python_version >= (3, 7):
+            warn(
+                f"no Python {target.python} was found on this machine, so site-packages ships "
+                "without bytecode and the isolated host compiles every module in memory at "
+                f"each start; install python{target.python} (or `pyenv install "
+                f"{target.python}`) here and pack again to include it"
+            )
+        return
+    progress.start("compiling bytecode")
+    for tree in trees:
+        compile_bytecode(tree, target, python)
+    progress.finish()
 
 
 def _wheel_files(wheels: Sequence[Path], requirements: str) -> list[SourceFile]:

@@ -34,6 +34,7 @@ _LEGACY_MANYLINUX: Final = (
 )
 _LEGACY_TO_MINOR: Final = {alias: minor for minor, alias, _ in _LEGACY_MANYLINUX}
 
+_MACOS_FAT_ARCHES: Final = frozenset({"universal2", "universal", "intel", "fat", "fat3", "fat64"})
 _WINDOWS_MACHINES: Final = {"win32": "x86", "win_amd64": "AMD64", "win_arm64": "ARM64"}
 
 
@@ -248,6 +249,17 @@ def _validate(python: str, implementation: str, abi: str, platforms: tuple[str, 
     systems = sorted({_platform_info(p)[0] for p in platforms})
     if len(systems) > 1:
         problems.append(f"platforms mix operating systems ({', '.join(systems)}); pick one")
+        return problems
+    # One tree holds one build of each compiled package, so one architecture. macOS fat
+    # tags (universal2, intel, ...) run on the thin architectures they contain.
+    machines = sorted(
+        {m for m in (_platform_info(p)[1] for p in platforms) if m not in _MACOS_FAT_ARCHES}
+    )
+    if len(machines) > 1:
+        problems.append(
+            f"platforms mix architectures ({', '.join(machines)}); a bundle holds one build "
+            "of each package, so pack one bundle per architecture"
+        )
     return problems
 
 

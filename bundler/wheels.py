@@ -112,7 +112,11 @@ def fetch_wheels(
                     "check that each pinned version publishes a wheel for this target (or "
                     "change [target] in bundle.toml, or the pins in requirements.in), and "
                     "that the package index is reachable for wheels not yet in the cache "
-                    f"({cache.root})"
+                    f"({cache.root}); for a pin that publishes only a source distribution, "
+                    "build its wheel (pip wheel --no-deps --no-binary :all: 'NAME==VERSION' "
+                    "-w wheelhouse), add the wheel's --hash=sha256:... to its pin in the lock "
+                    "and pass --find-links wheelhouse (docs/project-file.md, 'Pins without "
+                    "a wheel')"
                 ),
             )
     progress.finish()

@@ -412,10 +412,31 @@ def test_bytecode_is_loaded_instead_of_compiling(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "True"
 
 
-def test_cross_target_tree_gets_no_bytecode(tmp_path: Path) -> None:
-    from bundler.sitetree import compile_bytecode
+def _missing_python() -> str | None:
+    """A CPython minor version with no interpreter on this machine, if there is one."""
+    from bundler.errors import LocalRunnerError
+    from bundler.interpreters import find_python
+
+    for minor in range(14, 30):
+        try:
+            find_python(f"3.{minor}")
+        except LocalRunnerError:
+            return f"3.{minor}"
+    return None
+
+
+def test_no_interpreter_of_the_target_version_gives_no_bytecode(tmp_path: Path) -> None:
+    from bundler.sitetree import bytecode_interpreter, compile_bytecode
 
     tree = _compiled_tree(tmp_path)
-    other = "3.12" if sys.version_info[:2] != (3, 12) else "3.11"
-    assert compile_bytecode(tree, Target.create(other, ["manylinux_2_17_x86_64"])) is False
+    missing = _missing_python()
+    if missing is None:
+        pytest.skip("every CPython 3.14-3.29 is installed here")
+    target = Target.create(missing, ["manylinux_2_17_x86_64"])
+    assert bytecode_interpreter(target) is None
+    assert compile_bytecode(tree, target) is False
     assert not (tree / "pkg" / "__pycache__").exists()
+    # Nor for a Python without hash-based pycs, or another implementation.
+    assert bytecode_interpreter(Target.create("3.6", ["manylinux_2_17_x86_64"])) is None
+    pypy = Target.create("3.10", ["manylinux_2_17_x86_64"], implementation="pp", abi="pypy310_pp73")
+    assert bytecode_interpreter(pypy) is None
