@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bundler.assemble import BundleMeta, collect_tree, write_bundle  # noqa: E402
 from bundler.formats.manifest import Target  # noqa: E402
 from bundler.formats.signing import generate_keypair, load_private_key  # noqa: E402
+from bundler.pack.assemble import BundleMeta, collect_tree, write_bundle  # noqa: E402
 from bundler.verify.unpack import unpack  # noqa: E402
 
 TARGETS = {"pack": 1.2, "verify_unpack": 1.5, "size": 0.95}
@@ -35,10 +35,10 @@ TARGETS = {"pack": 1.2, "verify_unpack": 1.5, "size": 0.95}
 
 def example_tree(work: Path) -> Path:
     """Build the iris example's site-packages tree with the packer's own code."""
-    from bundler.lock import for_target, parse_lock
-    from bundler.project import load_project
-    from bundler.sitetree import build_site_tree, compile_bytecode
-    from bundler.wheels import fetch_wheels
+    from bundler.pack.lock import for_target, parse_lock
+    from bundler.pack.project import load_project
+    from bundler.pack.sitetree import build_site_tree, compile_bytecode
+    from bundler.pack.wheels import fetch_wheels
 
     project = load_project(ROOT / "examples" / "iris-sklearn")
     reqs = for_target(parse_lock(project.lock), project.target)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .errors import BundleError, BundleRejected
 from .formats.manifest import Manifest
 from .inspecting import read_manifest_unverified as inspect_bundle
-from .pack import pack as pack_bundle
+from .pack.pipeline import pack as pack_bundle
 from .verify.tree import check_unpacked
 from .verify.unpack import unpack as unpack_bundle
 from .verify.unpack import verify as verify_bundle

@@ -9,7 +9,7 @@ import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from bundler.lock import LockedRequirement
+from bundler.pack.lock import LockedRequirement
 
 # Fixed zip times so the factory itself is deterministic.
 _DATE = (2020, 1, 1, 0, 0, 0)

@@ -15,7 +15,6 @@ import craft
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bundler.assemble import BundleMeta, SourceFile, write_bundle
 from bundler.formats.manifest import Target
 from bundler.formats.signing import (
     PRIVATE_KEY_NAME,
@@ -23,6 +22,7 @@ from bundler.formats.signing import (
     generate_keypair,
     load_private_key,
 )
+from bundler.pack.assemble import BundleMeta, SourceFile, write_bundle
 
 # A fixed "now" for expiry checks, a little after craft.CREATED.
 NOW = craft.CREATED + 3600

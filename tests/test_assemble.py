@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bundler.assemble import collect_tree
 from bundler.errors import ProjectError
+from bundler.pack.assemble import collect_tree
 
 
 def test_collects_regular_files_with_normalised_modes_and_no_bytecode(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from bundler.errors import LocalRunnerError
 from bundler.interpreters import Interpreter, find_python, probe_interpreter
-from bundler.sitetree import COMPILE_BATCHES, bytecode_interpreter, compile_bytecode
+from bundler.pack.sitetree import COMPILE_BATCHES, bytecode_interpreter, compile_bytecode
 from bundler.target import Target
 
 HOST = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -150,7 +150,7 @@ def test_patch_releases_of_one_minor_version_write_the_same_pycs(tmp_path: Path)
 
 
 def test_pack_warns_when_no_interpreter_of_the_target_version_exists(tmp_path: Path) -> None:
-    from bundler.pack import _compile_trees
+    from bundler.pack.pipeline import _compile_trees
     from bundler.progress import NullProgress
 
     missing = None

@@ -30,14 +30,14 @@ from typing import Any
 import pytest
 from conftest import KeyPair
 
-from bundler.assemble import BundleMeta, SourceFile, write_bundle
 from bundler.cli import main
-from bundler.docker_run import LABEL_DEST, build_context, container_name
-from bundler.dockerfile import DockerfileSpec, render_dockerfiles
-from bundler.engine import DockerEngine
+from bundler.deploy.docker import LABEL_DEST, build_context, container_name
+from bundler.deploy.dockerfile import DockerfileSpec, render_dockerfiles
+from bundler.deploy.engine import DockerEngine
 from bundler.errors import EngineUnavailableError, TreeModifiedError
 from bundler.formats.manifest import BaseImage, Target
 from bundler.layout import BASE_IMAGE_TAR
+from bundler.pack.assemble import BundleMeta, SourceFile, write_bundle
 from bundler.verify.tree import check_unpacked
 from bundler.verify.unpack import unpack
 

@@ -20,8 +20,8 @@ import pytest
 from test_docker import BASE_REF, cli_json, derived_image, ensure_engine, post_score
 
 from bundler.cli import main
-from bundler.docker_run import LABEL_DEST
-from bundler.engine import DockerEngine
+from bundler.deploy.docker import LABEL_DEST
+from bundler.deploy.engine import DockerEngine
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
 

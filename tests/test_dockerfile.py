@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from bundler.dockerfile import (
+from bundler.deploy.dockerfile import (
     DockerfileSpec,
     default_tag,
     dockerfile_base,

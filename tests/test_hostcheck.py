@@ -18,10 +18,7 @@ import pytest
 from conftest import KeyPair, MakeBundle, require_netns, tiny_meta
 from entry_scripts.harness import free_port, http
 
-from bundler.assemble import SourceFile, collect_tree, write_bundle
-from bundler.errors import EXIT_ERROR, EXIT_USAGE, HostMismatchError, LocalRunnerError
-from bundler.formats.manifest import BaseImage, Target
-from bundler.hostcheck import (
+from bundler.deploy.hostcheck import (
     HostFacts,
     Problem,
     check,
@@ -30,9 +27,12 @@ from bundler.hostcheck import (
     target_summary,
     unpack_verdict,
 )
-from bundler.hostprobe import PROBE, parse_probe, probe_interpreter_facts, this_host
-from bundler.local import LocalServer
+from bundler.deploy.hostprobe import PROBE, parse_probe, probe_interpreter_facts, this_host
+from bundler.deploy.local import LocalServer
+from bundler.errors import EXIT_ERROR, EXIT_USAGE, HostMismatchError, LocalRunnerError
+from bundler.formats.manifest import BaseImage, Target
 from bundler.pack import runtime_sources
+from bundler.pack.assemble import SourceFile, collect_tree, write_bundle
 from bundler.verify.unpack import unpack
 
 AIRGAP = [sys.executable, "-m", "bundler"]

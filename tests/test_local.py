@@ -19,19 +19,19 @@ import pytest
 from conftest import require_netns
 from entry_scripts.harness import HERE, MODEL_DIR, free_port, http
 
-from bundler import local as local_module
-from bundler.assemble import BundleMeta, SourceFile, collect_tree, write_bundle
-from bundler.errors import LocalRunnerError, TreeModifiedError
-from bundler.formats.manifest import Target
-from bundler.formats.signing import generate_keypair, load_private_key
-from bundler.local import (
+from bundler.deploy import local as local_module
+from bundler.deploy.local import (
     LocalServer,
     ensure_venv,
     find_python,
     scoring_environment,
     server_command,
 )
+from bundler.errors import LocalRunnerError, TreeModifiedError
+from bundler.formats.manifest import Target
+from bundler.formats.signing import generate_keypair, load_private_key
 from bundler.pack import runtime_sources
+from bundler.pack.assemble import BundleMeta, SourceFile, collect_tree, write_bundle
 from bundler.verify.tree import check_unpacked
 from bundler.verify.unpack import unpack
 
@@ -502,7 +502,7 @@ def test_serve_works_with_no_network_at_all(dest: Path, tmp_path: Path) -> None:
 
 
 def test_a_venv_stage_left_by_a_killed_serve_is_removed_later(tmp_path: Path) -> None:
-    from bundler.local import clean_stale_venv_stages
+    from bundler.deploy.local import clean_stale_venv_stages
 
     state = tmp_path / ".airgap"
     old = state / "venv.stage-abandoned"

@@ -11,7 +11,7 @@ import pytest
 
 from bundler.cli import main
 from bundler.errors import LockError, ResolveError
-from bundler.lock import (
+from bundler.pack.lock import (
     LockedRequirement,
     compile_lock,
     for_target,

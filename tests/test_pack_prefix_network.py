@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from _wheelfactory import make_wheel, sha256_hex
 
-from bundler.lock import parse_lock_text
-from bundler.sitetree import LAUNCHER_SHEBANG, build_site_tree
+from bundler.pack.lock import parse_lock_text
+from bundler.pack.sitetree import LAUNCHER_SHEBANG, build_site_tree
+from bundler.pack.wheels import fetch_wheels
 from bundler.target import Target
-from bundler.wheels import fetch_wheels
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

@@ -11,8 +11,8 @@ from conftest import KeyPair
 
 from bundler.errors import ProjectError
 from bundler.pack import pack
-from bundler.packcheck import check_pack, entry_script_problems, target_problems
-from bundler.project import load_project
+from bundler.pack.checks import check_pack, entry_script_problems, target_problems
+from bundler.pack.project import load_project
 from bundler.target import Target
 
 LINUX = Target.create("3.11", ["manylinux_2_28_x86_64"])

@@ -15,7 +15,7 @@ import pytest
 from _wheelfactory import make_wheel
 
 from bundler.errors import SiteTreeError
-from bundler.sitetree import LAUNCHER_SHEBANG, build_site_tree
+from bundler.pack.sitetree import LAUNCHER_SHEBANG, build_site_tree
 from bundler.target import Target
 
 X86_311 = Target.create("3.11", ["manylinux_2_17_x86_64"])

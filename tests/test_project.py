@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bundler.errors import ProjectError
-from bundler.project import load_project
+from bundler.pack.project import load_project
 from bundler.target import Target
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import pytest
 import zstandard
 from conftest import KeyPair, tiny_meta
 
-from bundler.assemble import SourceFile, collect_tree, write_bundle
+from bundler.pack.assemble import SourceFile, collect_tree, write_bundle
 
 LONG_PATH = "site-packages/" + "/".join(["pkg" + "x" * 30] * 3) + "/module_with_a_long_name.py"
 UNICODE_PATH = "model/mod\u00e8le-\u00e9t\u00e9.bin"

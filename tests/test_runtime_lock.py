@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from entry_scripts.harness import HERE, MODEL_DIR, Server
 
+from bundler.deploy.local import ensure_venv
 from bundler.errors import LocalRunnerError
 from bundler.interpreters import find_python
-from bundler.local import ensure_venv
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "bundler" / "runtime"
 LOCK = RUNTIME_DIR / "requirements.lock"

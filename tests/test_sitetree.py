@@ -18,10 +18,10 @@ import pytest
 from _wheelfactory import make_wheel
 
 from bundler.errors import SiteTreeError
-from bundler.lock import parse_lock_text
-from bundler.sitetree import INSTALLER, ZIP_EPOCH, Installed, build_site_tree
+from bundler.pack.lock import parse_lock_text
+from bundler.pack.sitetree import INSTALLER, ZIP_EPOCH, Installed, build_site_tree
+from bundler.pack.wheels import fetch_wheels
 from bundler.target import Target
-from bundler.wheels import fetch_wheels
 
 X86_311 = Target.create("3.11", ["manylinux_2_17_x86_64"])
 
@@ -372,7 +372,7 @@ def _compiled_tree(root: Path) -> Path:
 
 
 def test_bytecode_is_hash_based_and_identical_across_builds(tmp_path: Path) -> None:
-    from bundler.sitetree import compile_bytecode
+    from bundler.pack.sitetree import compile_bytecode
 
     host = Target.create(f"{sys.version_info[0]}.{sys.version_info[1]}", ["manylinux_2_17_x86_64"])
     pycs = []
@@ -389,7 +389,7 @@ def test_bytecode_is_hash_based_and_identical_across_builds(tmp_path: Path) -> N
 
 
 def test_bytecode_is_loaded_instead_of_compiling(tmp_path: Path) -> None:
-    from bundler.sitetree import compile_bytecode
+    from bundler.pack.sitetree import compile_bytecode
 
     host = Target.create(f"{sys.version_info[0]}.{sys.version_info[1]}", ["manylinux_2_17_x86_64"])
     tree = _compiled_tree(tmp_path)
@@ -426,7 +426,7 @@ def _missing_python() -> str | None:
 
 
 def test_no_interpreter_of_the_target_version_gives_no_bytecode(tmp_path: Path) -> None:
-    from bundler.sitetree import bytecode_interpreter, compile_bytecode
+    from bundler.pack.sitetree import bytecode_interpreter, compile_bytecode
 
     tree = _compiled_tree(tmp_path)
     missing = _missing_python()

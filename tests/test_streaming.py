@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 SCRIPT = r"""
 import os, resource, sys
 from pathlib import Path
-from bundler.assemble import BundleMeta, SourceFile, collect_tree, write_bundle
+from bundler.pack.assemble import BundleMeta, SourceFile, collect_tree, write_bundle
 from bundler.formats.manifest import Target
 from bundler.formats.signing import generate_keypair, load_private_key
 from bundler.verify.unpack import unpack

@@ -17,15 +17,15 @@ from conftest import require_netns
 from packaging.tags import Tag
 
 from bundler.errors import DownloadError
-from bundler.lock import LockedRequirement, parse_lock_text
-from bundler.target import Target
-from bundler.wheels import (
+from bundler.pack.lock import LockedRequirement, parse_lock_text
+from bundler.pack.wheels import (
     LocalWheelSource,
     PipDownloader,
     Saved,
     default_cache_dir,
     fetch_wheels,
 )
+from bundler.target import Target
 
 X86_311 = Target.create("3.11", ["manylinux_2_17_x86_64"])
 ARM_312 = Target.create("3.12", ["manylinux_2_17_aarch64"])
@@ -361,9 +361,9 @@ def test_real_foreign_wheel_then_offline_from_cache(tmp_path: Path) -> None:
     code = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from bundler.lock import parse_lock_text\n"
+        "from bundler.pack.lock import parse_lock_text\n"
         "from bundler.target import Target\n"
-        "from bundler.wheels import fetch_wheels\n"
+        "from bundler.pack.wheels import fetch_wheels\n"
         "reqs = parse_lock_text(sys.argv[1])\n"
         "t = Target.create('3.12', ['manylinux_2_17_aarch64'])\n"
         "print(json.dumps([str(p) for p in fetch_wheels(reqs, t, Path(sys.argv[2]))]))\n"

@@ -16,10 +16,10 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .errors import LockError, ResolveError
+from ..errors import LockError, ResolveError
 
 if TYPE_CHECKING:
-    from .target import Target
+    from ..target import Target
 
 LOCK_REMEDY: Final = (
     "regenerate it with `airgap lock requirements.in -o requirements.lock`, or pin each "

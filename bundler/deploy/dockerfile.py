@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from .errors import ProjectError
-from .layout import (
+from ..errors import ProjectError
+from ..layout import (
     APP_DIR,
     DOCKERFILE,
     DOCKERFILE_BAKED,
@@ -98,7 +98,7 @@ def runtime_env(spec: DockerfileSpec) -> dict[str, str]:
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
             # A numeric user has no home; pip (dynamic mode) and libraries want a writable one.
-            "HOME": "/tmp",  # noqa: S108 - a private tmpfs per container (see bundler.engine)
+            "HOME": "/tmp",  # noqa: S108 - a private tmpfs per container (see bundler.deploy.engine)
         }
     )
     return env

@@ -14,9 +14,9 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .errors import BundleError, ProjectError
-from .formats.archive import BundleWriter, MemberSource
-from .formats.manifest import (
+from ..errors import BundleError, ProjectError
+from ..formats.archive import BundleWriter, MemberSource
+from ..formats.manifest import (
     BaseImage,
     FileEntry,
     Manifest,
@@ -26,9 +26,9 @@ from .formats.manifest import (
     check_member_name,
     check_name_set,
 )
-from .formats.signing import key_id, sign
-from .layout import PackageMode
-from .progress import NullProgress, Progress
+from ..formats.signing import key_id, sign
+from ..layout import PackageMode
+from ..progress import NullProgress, Progress
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import docker.errors
 import docker.types
 import requests.exceptions
 
-from .errors import BundleError, ContainerError, EngineUnavailableError, ImageBuildError
+from ..errors import BundleError, ContainerError, EngineUnavailableError, ImageBuildError
 
 LOCAL_RUNNER_HINT: Final = "or serve without Docker: airgap serve DEST (or airgap run DEST --local)"
 NO_ENGINE_REMEDY: Final = (

@@ -12,9 +12,9 @@ from typing import Any, Final, cast
 
 from packaging.version import InvalidVersion, Version
 
-from .errors import ProjectError
-from .layout import MODEL_DIR, PACKAGE_MODES, PackageMode
-from .target import Target
+from ..errors import ProjectError
+from ..layout import MODEL_DIR, PACKAGE_MODES, PackageMode
+from ..target import Target
 
 PROJECT_FILE: Final = "bundle.toml"
 DOCS: Final = "see docs/project-file.md"

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from .errors import LocalRunnerError, ProjectError
-from .interpreters import find_python
-from .target import Target
+from ..errors import LocalRunnerError, ProjectError
+from ..interpreters import find_python
+from ..target import Target
 
 DOCS: Final = "docs/project-file.md"
 # The Azure ML server calls exactly these, synchronously, with no arguments for init.

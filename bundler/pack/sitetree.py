@@ -29,14 +29,14 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
-from .errors import LocalRunnerError, SiteTreeError
-from .interpreters import find_python
-from .layout import PREFIX_DIR
+from ..errors import LocalRunnerError, SiteTreeError
+from ..interpreters import find_python
+from ..layout import PREFIX_DIR
 
 if TYPE_CHECKING:
     from packaging.tags import Tag
 
-    from .target import Target
+    from ..target import Target
 
 INSTALLER: Final = "airgap-bundler"
 ZIP_EPOCH: Final = 315_532_800  # 1980-01-01T00:00:00Z, the default mtime of every path

@@ -1,6 +1,6 @@
 """Does a host (or image, or interpreter) fit a bundle's target? Pure decisions, no probing.
 
-The facts come from ``bundler.hostprobe`` (this machine, an interpreter, a base image); here
+The facts come from ``bundler.deploy.hostprobe`` (this machine, an interpreter, a base image); here
 they are compared with the manifest's ``target``: operating system, architecture, C library
 and its version (``manylinux_2_28`` needs glibc 2.28 or newer, ``musllinux_1_2`` musl 1.2),
 and, where an interpreter was asked, its Python version, implementation and ABI.
@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from .errors import HostMismatchError
-from .formats.manifest import Manifest, Target
+from ..errors import HostMismatchError
+from ..formats.manifest import Manifest, Target
 
 _MANYLINUX_RE: Final = re.compile(r"^manylinux_(\d+)_(\d+)_([a-z0-9_]+)$")
 _MUSLLINUX_RE: Final = re.compile(r"^musllinux_(\d+)_(\d+)_([a-z0-9_]+)$")
@@ -73,7 +73,7 @@ class HostFacts:
 
     @classmethod
     def from_probe(cls, data: Mapping[str, Any]) -> HostFacts:
-        """Facts from the JSON object ``bundler.hostprobe.PROBE`` prints.
+        """Facts from the JSON object ``bundler.deploy.hostprobe.PROBE`` prints.
 
         Raises:
             ValueError: not the probe's output (missing keys or wrong types).

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
-from .errors import DownloadError
+from ..errors import DownloadError
+from ..progress import NullProgress, Progress
 from .lock import for_target, render_lock
-from .progress import NullProgress, Progress
 
 if TYPE_CHECKING:
+    from ..target import Target
     from .lock import LockedRequirement
-    from .target import Target
 
 CACHE_ENV: Final = "AIRGAP_CACHE_DIR"  # root of airgap-bundler's cache; wheels go in ./wheels
 

@@ -3,7 +3,7 @@
 Every file handed to the engine comes from the verified manifest: the build context is a tar
 made here from the listed DEST files (hashed while they are copied), the base image tar is
 hashed while it is streamed to `docker load`, and site-packages is re-checked before it is
-mounted. The engine is reached through bundler.engine only.
+mounted. The engine is reached through bundler.deploy.engine only.
 """
 
 from __future__ import annotations
@@ -22,6 +22,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, Literal
 
+from ..errors import (
+    BundleError,
+    ContainerError,
+    ImageBuildError,
+    TreeModifiedError,
+)
+from ..formats.manifest import FileEntry, Manifest
+from ..layout import (
+    APP_DIR,
+    BASE_IMAGE_TAR,
+    DOCKERFILE,
+    DOCKERFILE_BAKED,
+    IMAGE_PREFIX_MOUNT,
+    IMAGE_SITE_MOUNT,
+    IMAGE_WHEELS_MOUNT,
+    MODEL_DIR,
+    PREFIX_DIR,
+    RUNTIME_DIR,
+    SCORING_PORT,
+    SITE_DIR,
+    WHEELS_DIR,
+    WHEELS_REQUIREMENTS,
+    PackageMode,
+)
+from ..verify.tree import check_unpacked, open_regular
 from .dockerfile import (
     LABEL_REVISION,
     LABEL_VARIANT,
@@ -39,33 +64,8 @@ from .engine import (
     Engine,
     PortBinding,
 )
-from .errors import (
-    BundleError,
-    ContainerError,
-    ImageBuildError,
-    TreeModifiedError,
-)
-from .formats.manifest import FileEntry, Manifest
 from .hostcheck import require as require_host
 from .hostprobe import engine_facts, image_facts
-from .layout import (
-    APP_DIR,
-    BASE_IMAGE_TAR,
-    DOCKERFILE,
-    DOCKERFILE_BAKED,
-    IMAGE_PREFIX_MOUNT,
-    IMAGE_SITE_MOUNT,
-    IMAGE_WHEELS_MOUNT,
-    MODEL_DIR,
-    PREFIX_DIR,
-    RUNTIME_DIR,
-    SCORING_PORT,
-    SITE_DIR,
-    WHEELS_DIR,
-    WHEELS_REQUIREMENTS,
-    PackageMode,
-)
-from .verify.tree import check_unpacked, open_regular
 
 # Container labels: `airgap stop DEST` finds the container by the DEST path it serves.
 LABEL_DEST: Final = "airgap-bundler.dest"

@@ -25,12 +25,10 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Final
 
-from .errors import LocalRunnerError
-from .formats.manifest import Manifest
-from .hostcheck import require as require_host
-from .hostprobe import interpreter_at, this_host
-from .interpreters import Interpreter, find_python, probe_interpreter
-from .layout import (
+from ..errors import LocalRunnerError
+from ..formats.manifest import Manifest
+from ..interpreters import Interpreter, find_python, probe_interpreter
+from ..layout import (
     APP_DIR,
     MODEL_DIR,
     PREFIX_DIR,
@@ -43,7 +41,9 @@ from .layout import (
     WHEELS_DIR,
     WHEELS_REQUIREMENTS,
 )
-from .verify.tree import check_unpacked
+from ..verify.tree import check_unpacked
+from .hostcheck import require as require_host
+from .hostprobe import interpreter_at, this_host
 
 DEFAULT_HOST: Final = "127.0.0.1"  # local serving stays on this machine unless asked
 VENV_MARKER: Final = "airgap-venv.json"

@@ -8,11 +8,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .assemble import BundleMeta, SourceFile, collect_tree, normal_mode, write_bundle
-from .errors import ProjectError
-from .formats import manifest as mf
-from .formats.signing import load_private_key
-from .layout import (
+from ..errors import ProjectError
+from ..formats import manifest as mf
+from ..formats.signing import load_private_key
+from ..layout import (
     APP_DIR,
     BASE_IMAGE_TAR,
     PREFIX_DIR,
@@ -23,15 +22,16 @@ from .layout import (
     WHEELS_DIR,
     WHEELS_REQUIREMENTS,
 )
+from ..progress import NullProgress, Progress
+from ..target import Target
+from .assemble import BundleMeta, SourceFile, collect_tree, normal_mode, write_bundle
+from .checks import check_pack
 from .lock import for_target, parse_lock, render_lock
-from .packcheck import check_pack
-from .progress import NullProgress, Progress
 from .project import Project, load_project
 from .sitetree import build_site_tree, bytecode_interpreter, compile_bytecode
-from .target import Target
 from .wheels import PipDownloader, fetch_wheels
 
-RUNTIME_SOURCE = Path(__file__).parent / "runtime"
+RUNTIME_SOURCE = Path(__file__).parent.parent / "runtime"
 RUNTIME_LOCK = RUNTIME_SOURCE / "requirements.lock"
 # Runtime modules copied to the top of runtime/ rather than into runtime/airgap_runtime/.
 TOPLEVEL_DIR = "_toplevel"
@@ -119,7 +119,7 @@ def _base_image(
                 remedy='add base_image = "name:tag" to bundle.toml',
             )
         return None, []
-    from .engine import resolve_base_image, save_image
+    from ..deploy.engine import resolve_base_image, save_image
 
     digest = resolve_base_image(project.base_image, required=include)
     if not include:
@@ -137,7 +137,7 @@ def _dockerfiles(
 ) -> list[SourceFile]:
     if base is None:
         return []
-    from .dockerfile import DockerfileSpec, render_dockerfiles
+    from ..deploy.dockerfile import DockerfileSpec, render_dockerfiles
 
     spec = DockerfileSpec(
         base_ref=base.ref,

@@ -1,7 +1,7 @@
 """Asking a machine what it is: this host, a given interpreter, or a base image in a container.
 
 Every probe runs the same small script (``PROBE``) with the interpreter in question and reads
-the JSON line it prints; ``bundler.hostcheck`` then decides whether that fits the bundle.
+the JSON line it prints; ``bundler.deploy.hostcheck`` then decides whether that fits the bundle.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from .errors import ImageBuildError, LocalRunnerError
+from ..errors import ImageBuildError, LocalRunnerError
+from ..interpreters import Interpreter
 from .hostcheck import HostFacts, normalise_machine, require
-from .interpreters import Interpreter
 
 if TYPE_CHECKING:
+    from ..formats.manifest import Manifest
     from .engine import Engine
-    from .formats.manifest import Manifest
 
 # Plain Python 3.6+ (a base image or an old pyenv interpreter runs it), standard library only.
 # The C library: glibc answers confstr; on musl confstr fails and musl's dynamic loader prints

@@ -1,0 +1,170 @@
+"""The isolated side's commands that need no Docker: verify, unpack, serve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..formats.manifest import Manifest
+from ..verify.unpack import unpack as unpack_bundle
+from ..verify.unpack import verify as verify_bundle
+from ._common import (
+    cli,
+    dest_arg,
+    emit_json,
+    funnel,
+    json_option,
+    progress,
+    python_option,
+    quiet_option,
+    recheck_trust,
+    summary,
+    trust_option,
+)
+
+
+@cli.command("serve")
+@dest_arg
+@click.option(
+    "-p",
+    "--port",
+    default=5001,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="TCP port of the scoring server.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0: every interface).",
+)
+@recheck_trust
+@python_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line once healthy.")
+@funnel
+def serve_cmd(
+    dest: Path, port: int, host: str, trust: tuple[Path, ...], python: Path | None, as_json: bool
+) -> None:
+    """Serve an unpacked bundle locally, without Docker (isolated side).
+
+    \b
+    Example:
+      airgap serve /srv/iris --port 5001      # Ctrl-C stops it
+      curl -d '{"data": [[5.1, 3.5, 1.4, 0.2]]}' http://127.0.0.1:5001/score
+    DEST is re-checked against its signed manifest first (exit 3 if changed). The
+    server runs in a virtualenv cached in DEST/.airgap/venv, made from a host Python
+    of the bundle's version (or --python), with only the bundle's packages on its path.
+    A bundle for another architecture, C library or Python is refused first (exit 1).
+    No network is used. Environment variables such as WORKER_COUNT and
+    SCORING_TIMEOUT_MS pass through (see docs/runtime.md).
+    """
+    from ..deploy.local import serve as serve_local
+
+    def ready(url: str) -> None:
+        if as_json:
+            click.echo(json.dumps({"ok": True, "url": url, "scoring_uri": url + "/score"}))
+        else:
+            click.echo(f"serving {dest} at {url}/score (Ctrl-C stops)", err=True)
+
+    serve_local(
+        dest, port=port, host=host, trust=list(trust) or None, on_ready=ready, python=python
+    )
+
+
+# ---- Docker: build, run, stop (bundler/docker_run.py, bundler/engine.py) -----------------
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@trust_option
+@quiet_option
+@json_option
+@funnel
+def verify(bundle: Path, trust: tuple[Path, ...], quiet: bool, as_json: bool) -> None:
+    """Check a bundle's signature and every hash, writing nothing (isolated side).
+
+    \b
+    Example:
+      airgap verify iris.airgap --trust keys/airgap.pub
+      airgap verify iris.airgap --trust /etc/airgap/trusted/ --json
+    Exit status 0 when every check passes, 3 when the bundle is rejected.
+    """
+    verified = verify_bundle(bundle, list(trust), progress=progress(quiet or as_json))
+    m = verified.manifest
+    if as_json:
+        emit_json(
+            {
+                "ok": True,
+                "verified": True,
+                "trusted_key": str(verified.key.source),
+                **summary(m, bundle),
+            }
+        )
+        return
+    click.echo(
+        f"OK: {m.name} {m.version}, {m.payload.file_count} files, signed by "
+        f"{m.signer[:16]}... ({verified.key.source})"
+    )
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("dest", type=click.Path(path_type=Path))
+@trust_option
+@click.option(
+    "--allow-downgrade",
+    is_flag=True,
+    help="Replace an installed newer version with this older one.",
+)
+@click.option(
+    "--no-host-check",
+    is_flag=True,
+    help="Unpack even if the bundle's target platform does not fit this host.",
+)
+@quiet_option
+@json_option
+@funnel
+def unpack(
+    bundle: Path,
+    dest: Path,
+    trust: tuple[Path, ...],
+    allow_downgrade: bool,
+    no_host_check: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Verify a bundle, then install it into DEST atomically (isolated side).
+
+    \b
+    Example:
+      airgap unpack iris.airgap /srv/models/iris --trust keys/airgap.pub
+    Every check runs before DEST changes; DEST is replaced in one rename, or left
+    exactly as it was. An older version than the one at DEST is refused unless
+    --allow-downgrade. A bundle whose target (architecture, OS, C library) does not
+    fit this host is refused (exit 1) unless it has a base image for the Docker path
+    (then a warning) or --no-host-check is given.
+    """
+    from ..deploy.hostcheck import unpack_verdict
+    from ..deploy.hostprobe import this_host
+
+    def host_check(manifest: Manifest) -> None:
+        warning = unpack_verdict(manifest, this_host())
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
+
+    verified = unpack_bundle(
+        bundle,
+        dest,
+        list(trust),
+        allow_downgrade=allow_downgrade,
+        progress=progress(quiet or as_json),
+        before_write=None if no_host_check else host_check,
+    )
+    m = verified.manifest
+    if as_json:
+        emit_json({"ok": True, "dest": str(dest), **summary(m)})
+        return
+    click.echo(f"unpacked {m.name} {m.version} into {dest} ({m.payload.file_count} files)")

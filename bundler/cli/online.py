@@ -1,0 +1,257 @@
+"""The online side's commands: keygen, lock, pack, inspect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..formats.signing import (
+    PRIVATE_KEY_NAME,
+    PUBLIC_KEY_NAME,
+    generate_keypair,
+    private_key_is_encrypted,
+)
+from ..inspecting import read_manifest_unverified
+from ._common import (
+    cli,
+    emit_json,
+    funnel,
+    human,
+    json_option,
+    print_summary,
+    progress,
+    quiet_option,
+    read_passphrase,
+    summary,
+)
+
+
+@cli.command("lock")
+@click.argument("requirements_in", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Where to write the lock (default: requirements.lock beside REQUIREMENTS_IN).",
+)
+@click.option("--upgrade", is_flag=True, help="Re-resolve to the newest allowed versions.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for automation.")
+@funnel
+def lock_cmd(requirements_in: Path, output: Path | None, upgrade: bool, as_json: bool) -> None:
+    """Resolve REQUIREMENTS_IN into a hashed lock with pip-tools (pip-compile).
+
+    Every package is pinned with == and carries the sha256 hash of each of its files,
+    which is what `airgap pack` requires. Resolution is for this interpreter's Python
+    version; the index comes from pip's configuration.
+
+    \b
+    Example:
+        airgap lock requirements.in -o requirements.lock
+    """
+    from ..pack.lock import compile_lock
+
+    out = output if output is not None else requirements_in.with_name("requirements.lock")
+    reqs = compile_lock(requirements_in, out, upgrade=upgrade)
+    if as_json:
+        emit_json(
+            {
+                "ok": True,
+                "output": str(out),
+                "packages": [
+                    {"name": r.name, "version": r.version, "hashes": len(r.hashes)} for r in reqs
+                ],
+            }
+        )
+        return
+    click.echo(f"wrote {out}: {len(reqs)} packages, each pinned and hashed")
+
+
+# ---- local runner: serve (bundler/local.py) -----------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for airgap.key (private, mode 0600) and airgap.pub.",
+)
+@click.option(
+    "--passphrase-env",
+    metavar="VAR",
+    help="Encrypt the private key with the passphrase in this environment variable.",
+)
+@click.option("--no-passphrase", is_flag=True, help="Do not prompt; leave the key unencrypted.")
+@click.option("--force", is_flag=True, help="Replace an existing key pair.")
+@json_option
+@funnel
+def keygen(
+    out_dir: Path, passphrase_env: str | None, no_passphrase: bool, force: bool, as_json: bool
+) -> None:
+    """Make an Ed25519 signing key pair and print its key id.
+
+    \b
+    Example:
+      airgap keygen --out ~/.airgap-keys
+      airgap keygen --out keys --passphrase-env AIRGAP_KEY_PASS
+    The private key is PKCS#8 PEM, encrypted when a passphrase is given (env var or prompt).
+    Give airgap.pub to the isolated side; it is what `--trust` takes.
+    """
+    passphrase = (
+        None
+        if no_passphrase
+        else read_passphrase(passphrase_env, prompt="Passphrase (empty for none)", confirm=True)
+    )
+    kid = generate_keypair(out_dir, passphrase, force=force)
+    if as_json:
+        emit_json(
+            {
+                "ok": True,
+                "key_id": kid,
+                "private_key": str(out_dir / PRIVATE_KEY_NAME),
+                "public_key": str(out_dir / PUBLIC_KEY_NAME),
+                "encrypted": bool(passphrase),
+            }
+        )
+        return
+    click.echo(f"key id: {kid}")
+    click.echo(f"private key: {out_dir / PRIVATE_KEY_NAME} (keep it on the online side)")
+    click.echo(f"public key:  {out_dir / PUBLIC_KEY_NAME} (pass it to --trust)")
+
+
+@cli.command()
+@click.argument("project_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Bundle file to write.",
+)
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ed25519 private key (airgap.key from `airgap keygen`).",
+)
+@click.option("--passphrase-env", metavar="VAR", help="The key's passphrase is in this variable.")
+@click.option(
+    "--level",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 19),
+    help="zstd compression level.",
+)
+@click.option(
+    "--threads",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 256),
+    help="Compression threads (0: one per core; output is the same for any count).",
+)
+@click.option(
+    "--include-base-image", is_flag=True, help="Carry the base image (docker save) in the bundle."
+)
+@click.option(
+    "--include-wheels",
+    is_flag=True,
+    help="Carry the wheels and requirements file (always done in dynamic mode).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Wheel cache (default: $AIRGAP_CACHE_DIR/wheels or ~/.cache/airgap-bundler/wheels).",
+)
+@click.option(
+    "--find-links",
+    "find_links",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Also take locked wheels from this folder (e.g. wheels you built for pins that "
+    "publish only a source distribution); hash-checked against the lock. Repeatable.",
+)
+@quiet_option
+@json_option
+@funnel
+def pack(
+    project_dir: Path,
+    out: Path,
+    key: Path,
+    passphrase_env: str | None,
+    level: int,
+    threads: int,
+    include_base_image: bool,
+    include_wheels: bool,
+    cache_dir: Path | None,
+    find_links: tuple[Path, ...],
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Build a signed bundle from a project folder holding bundle.toml (online side).
+
+    \b
+    Example:
+      airgap pack examples/iris-sklearn -o iris.airgap --key keys/airgap.key
+      SOURCE_DATE_EPOCH=1700000000 airgap pack proj -o proj.airgap --key k.key
+    Downloads the locked wheels for the target (hash-checked, cached), builds the
+    site-packages tree, and writes one signed, zstd-compressed file. With the same
+    inputs and SOURCE_DATE_EPOCH the bundle is byte-identical.
+    """
+    from ..pack.pipeline import pack as do_pack
+
+    passphrase = None
+    if private_key_is_encrypted(key):
+        passphrase = read_passphrase(passphrase_env, prompt="Key passphrase", confirm=False)
+    warnings: list[str] = []
+    manifest = do_pack(
+        project_dir,
+        out,
+        key,
+        passphrase=passphrase,
+        level=level,
+        threads=threads,
+        include_base_image=include_base_image,
+        include_wheels=include_wheels,
+        cache_dir=cache_dir,
+        progress=progress(quiet),
+        find_links=find_links,
+        warn=warnings.append,
+    )
+    if as_json:
+        emit_json({"ok": True, "bundle": str(out), "warnings": warnings, **summary(manifest, out)})
+        return
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
+    click.echo(
+        f"wrote {out}: {manifest.name} {manifest.version}, "
+        f"{manifest.payload.file_count} files, {human(out.stat().st_size)}"
+    )
+    click.echo(f"signed by {manifest.signer}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@json_option
+@funnel
+def inspect(bundle: Path, as_json: bool) -> None:
+    """Show what a bundle holds, from its manifest alone (instant on any size).
+
+    \b
+    Example:
+      airgap inspect iris.airgap
+      airgap inspect iris.airgap --json | jq .packages
+    The signature is NOT checked here: use `airgap verify` before trusting anything.
+    """
+    manifest = read_manifest_unverified(bundle)
+    info = summary(manifest, bundle)
+    info["ok"] = True
+    info["verified"] = False
+    if as_json:
+        emit_json(info)
+        return
+    print_summary(info)
+    click.echo("(not verified: run `airgap verify BUNDLE --trust KEY`)")
