@@ -50,7 +50,7 @@ NOT_ALLOWED = "The method is not allowed for the requested URL."
 RUN_FAILED = "An unexpected error occurred in scoring script. Check the logs for more info."
 INTERNAL = "An unexpected internal error occurred. Check the logs for more info."
 _ALLOW_SCORE = "GET, HEAD, OPTIONS, POST"
-_ALLOW_GET = "GET, HEAD, OPTIONS"
+_ALLOW_GET = "GET, HEAD, OPTIONS"  # Flask lists the same three, in an arbitrary order
 _FAILED = ("x-ms-run-function-failed", "False")
 _FAILED_TRUE = ("x-ms-run-function-failed", "True")
 

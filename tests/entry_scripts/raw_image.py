@@ -17,7 +17,9 @@ def _png(width, height, rgb):
 
     def chunk(kind, data):
         body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+        )
 
     row = b"\x00" + bytes(rgb) * width
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
@@ -48,7 +50,10 @@ def run(request):
     if mode == "broken":
         return AMLResponse("backend down", 503)
     if mode == "json":
-        return {"isinstance": isinstance(request, AMLRequest), "json": request.get_json()}
+        return {"json": request.get_json(), "content_type": request.content_type}
+    if mode == "isinstance":
+        # True here (the runtime builds an AMLRequest); Azure ML passes a plain Flask request.
+        return {"isinstance": isinstance(request, AMLRequest)}
     if mode == "none":
         return None
     upload = request.files["image"]

@@ -1,4 +1,4 @@
-"""An inference-schema entry script: numpy, pandas and standard parameter types, as Azure ML docs show."""
+"""An inference-schema entry script: numpy, pandas and standard parameter types (Azure ML docs)."""
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ def init():
 def run(data, frame, scale=1.0):
     return {
         "sums": [float(v) for v in (data.sum(axis=1) * scale)],
-        "rows": int(len(frame)),
+        "rows": len(frame),
         "columns": list(frame.columns),
         "scale": scale,
         "types": [type(data).__name__, type(frame).__name__],

@@ -18,6 +18,10 @@ class AMLResponse(Response):
     (repeated headers). Every AMLResponse carries ``x-ms-run-function-failed``.
     """
 
+    # Azure ML's AMLResponse is a Flask Response, whose bodies default to HTML (werkzeug's to
+    # plain text): clients see the same Content-Type for a body given without one.
+    default_mimetype = "text/html"
+
     def __init__(
         self,
         message: Any,
