@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -127,14 +128,8 @@ def request_ids(environ: dict[str, Any]) -> tuple[str, str, str, str | None]:
     else:
         legacy = client or rid
     if len(legacy) > HEADER_LIMIT or len(client) > HEADER_LIMIT:
-        return (
-            rid,
-            "",
-            "",
-            (
-                f"x-ms-request-id and x-ms-client-request-id must not exceed {HEADER_LIMIT} characters"
-            ),
-        )
+        names = "x-ms-request-id and x-ms-client-request-id"
+        return rid, "", "", f"{names} must not exceed {HEADER_LIMIT} characters"
     return rid, legacy, client, None
 
 
@@ -307,7 +302,8 @@ class ScoringApp:
             return 405, _error(NOT_ALLOWED), JSON, [_FAILED, ("Allow", _ALLOW_GET)]
         if self._swagger is None:
             return 404, _error(NOT_FOUND), JSON, [_FAILED]
-        versions = [v for k, v in parse_qsl(environ.get("QUERY_STRING", "")) if k == "version"]
+        query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        versions = [v for k, v in query if k == "version"]
         doc, message = self._swagger.lookup(versions[0] if versions else None)
         if doc is None:
             return 404, _error(message), JSON, [_FAILED]
@@ -533,6 +529,14 @@ class ScoringApp:
             _drain(environ["wsgi.input"], length)
             message = f"request body is larger than the limit of {self._max} bytes"
             return 413, _error(message), JSON, [_FAILED]
+        if not length and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            # werkzeug would cut a chunked body at the limit without a word: read it here,
+            # refuse it whole if too large, and hand werkzeug the bytes with their length.
+            try:
+                body = self._body_or_refuse(environ)
+            except _Refused as e:
+                return e.status, _error(e.message), JSON, [_FAILED]
+            environ = {**environ, "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
         kwargs: dict[str, Any] = {self._iface.input_name: rawhttp.make_request(environ, self._max)}
         if self._wants_headers:
             kwargs["request_headers"] = request_headers(environ)
@@ -541,10 +545,7 @@ class ScoringApp:
             result = self._invoke(self._run, kwargs)
         except ScoringTimeout:
             return self._timed_out(rid)
-        except Exception as e:
-            if rawhttp.is_too_large(e):  # a chunked body past the limit, read inside run()
-                message = f"request body is larger than the limit of {self._max} bytes"
-                return 413, _error(message), JSON, [_FAILED]
+        except Exception:
             return self._run_raised(rid)
         return self._result(result, started, rid, environ)
 

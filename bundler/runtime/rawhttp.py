@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
 _SHIM = "azureml.contrib.services.aml_request"
@@ -24,13 +23,9 @@ def make_request(environ: dict[str, Any], max_bytes: int) -> Request:
     if module is not None and getattr(module, "_AIRGAP_SHIM", False):
         cls = module.AMLRequest
     request = cls(environ)
-    # The body limit also holds for chunked bodies that run() reads (get_data, form, files).
+    # Bodies past the limit were refused before; this keeps werkzeug's own parsers in line.
     request.max_content_length = max_bytes
     return request
-
-
-def is_too_large(error: BaseException) -> bool:
-    return isinstance(error, RequestEntityTooLarge)
 
 
 def is_response(value: object) -> bool:
@@ -44,6 +39,6 @@ def flatten(
     if response.status_code >= 500:
         # Azure ML marks a failing answer of run() even when run() itself returned normally.
         response.headers["x-ms-run-function-failed"] = "True"
-    body = b"" if environ.get("REQUEST_METHOD") == "HEAD" else response.get_data()
+    body = response.get_data()
     headers = response.get_wsgi_headers(environ)
     return response.status_code, body, list(headers.to_wsgi_list())

@@ -1,6 +1,5 @@
 """A @rawhttp entry script, as Azure ML documents them: AMLRequest in, AMLResponse out."""
 
-import json
 import struct
 import zlib
 
@@ -59,14 +58,10 @@ def run(request):
     upload = request.files["image"]
     content = upload.stream.read()
     width = int(request.form.get("width", "2"))
-    reply = {
-        "filename": upload.filename,
-        "size": len(content),
-        "content_type": upload.content_type,
-        "label": request.form.get("label"),
-    }
+    # No commas: AMLResponse splits header values on them (repeated headers), as Azure ML does.
+    reply = f"{upload.filename};{len(content)};{upload.content_type};{request.form.get('label')}"
     return AMLResponse(
         _png(width, 1, content[:3].ljust(3, b"\x00")),
         200,
-        {"Content-Type": "image/png", "X-Upload": json.dumps(reply, sort_keys=True)},
+        {"Content-Type": "image/png", "X-Upload": reply},
     )
