@@ -52,6 +52,11 @@ RUN_FAILED = "An unexpected error occurred in scoring script. Check the logs for
 INTERNAL = "An unexpected internal error occurred. Check the logs for more info."
 _ALLOW_SCORE = "GET, HEAD, OPTIONS, POST"
 _ALLOW_GET = "GET, HEAD, OPTIONS"  # Flask lists the same three, in an arbitrary order
+_ROUTE_METHODS = {
+    "/score": ("GET", "HEAD", "OPTIONS", "POST"),
+    "/": ("GET", "HEAD", "OPTIONS"),
+    "/swagger.json": ("GET", "HEAD", "OPTIONS"),
+}
 _FAILED = ("x-ms-run-function-failed", "False")
 _FAILED_TRUE = ("x-ms-run-function-failed", "True")
 
@@ -210,8 +215,10 @@ class ScoringApp:
         rid, legacy, client, refused = request_ids(environ)
         extra: list[tuple[str, str]] = []
         ctype: str | None
-        routed = path in ("/score", "/", "/swagger.json")
-        if refused is not None:
+        routed = path in _ROUTE_METHODS
+        if refused is not None and method in _ROUTE_METHODS.get(path, ()):
+            # Azure ML checks the ids before its route handlers only: a request no route takes
+            # gets its 404 or 405 below, with the ids left out.
             status, body, ctype = 431, _error(refused), JSON
             extra.append(_FAILED)
         elif path == "/score":
