@@ -401,6 +401,16 @@ class ScoringApp:
         self, environ: dict[str, Any], method: str, rid: str
     ) -> tuple[int, bytes, str | None, list[tuple[str, str]]]:
         """GET /score (any script) and POST /score for an inference-schema run()."""
+        if self._kind == PLAIN:  # GET: the query as a JSON object text, passed like a body
+            text = json.dumps(parse_query(environ))
+            started = time.perf_counter()
+            try:
+                result = self._call_run(text, environ)
+            except ScoringTimeout:
+                return self._timed_out(rid)
+            except Exception:
+                return self._run_raised(rid)
+            return self._result(result, started, rid, environ)
         try:
             kwargs = self._schema_input(environ, method)
         except _Refused as e:
@@ -419,8 +429,6 @@ class ScoringApp:
     def _schema_input(self, environ: dict[str, Any], method: str) -> dict[str, Any]:
         if method == "GET":
             fields = parse_query(environ)
-            if self._kind == PLAIN:
-                return {self._iface.input_name: json.dumps(fields)}
         else:
             if not _is_json_type(environ.get("CONTENT_TYPE", "")):
                 raise _Refused(415, "Expects Content-Type to be application/json")
