@@ -405,9 +405,16 @@ def test_user_azureml_namespace_package_coexists_with_the_shim(tmp_path: Path) -
     server = serve(tmp_path, "raw_image.py", AZUREML_EXTRA_PYTHON_LIB_PATH=str(tmp_path / "lib"))
     try:
         status, _, body = post(server, "/score?mode=json", b"[1]", JSON_CT)
+        core = post(server, "/score?mode=import&module=azureml.core", b"", JSON_CT)
+        shim = post(server, "/score?mode=import&module=azureml.contrib.services", b"", JSON_CT)
     finally:
         server.stop()
     assert (status, body_of(body)) == (200, {"json": [1], "content_type": "application/json"})
+    user = body_of(core[2])
+    assert isinstance(user, dict) and user["value"] == "user core"
+    assert user["file"].startswith(str(tmp_path / "lib"))
+    runtime = body_of(shim[2])
+    assert isinstance(runtime, dict) and "_toplevel" in runtime["file"]
 
 
 # ---- laziness: plain scripts pay for none of this -----------------------------------------

@@ -1,5 +1,6 @@
 """A @rawhttp entry script, as Azure ML documents them: AMLRequest in, AMLResponse out."""
 
+import importlib
 import struct
 import zlib
 
@@ -55,6 +56,9 @@ def run(request):
         return {"isinstance": isinstance(request, AMLRequest)}
     if mode == "none":
         return None
+    if mode == "import":
+        module = importlib.import_module(request.args["module"])
+        return {"value": getattr(module, "VALUE", None), "file": module.__file__}
     upload = request.files["image"]
     content = upload.stream.read()
     width = int(request.form.get("width", "2"))
