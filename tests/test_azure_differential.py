@@ -284,7 +284,12 @@ RAW_ROWS = [
     Row("raw None", "POST", "/score?mode=none", b""),
     Row("raw PUT", "PUT", "/score", b"", claims=("content-type", "x-ms-run-function-failed")),
 ]
+DRIVER_ROWS = [
+    Row("driver bypassed", "POST", "/score", _json({"text": "hi", "repeat": 2}), JSON_CT),
+]
 SCRIPTS = {
+    # Azure ML puts AML_APP_ROOT (not the script's folder) on sys.path: the driver's import.
+    "driver.py": (DRIVER_ROWS, {"AML_APP_ROOT": str(HERE)}),
     "probe.py": (PLAIN_ROWS, {"SCORING_TIMEOUT_MS": "1000", "AML_CORS_ORIGINS": CORS}),
     "schema_numpy.py": (SCHEMA_ROWS, {}),
     "schema_headers.py": (HEADERS_ROWS, {}),

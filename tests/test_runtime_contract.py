@@ -231,6 +231,33 @@ def test_swagger_prefers_the_users_own_file(tmp_path: Path) -> None:
     assert doc["components"]["schemas"]["ServiceInput"] == {"type": "object", "example": {}}
 
 
+def test_driver_module_run_is_bypassed_as_azure_does(tmp_path: Path) -> None:
+    pytest.importorskip("inference_schema")
+    server = serve(tmp_path, "driver.py")
+    try:
+        status, _, body = post(server, "/score", b'{"text": "hi", "repeat": 2}', JSON_CT)
+    finally:
+        server.stop()
+    assert (status, body_of(body)) == (200, {"out": ["hi", "hi"], "custom": None})
+    assert "schema input" in server.stderr
+
+
+def test_plain_script_gets_a_form_encoded_body_as_it_is(tmp_path: Path) -> None:
+    # Azure ML hands run() "" here (Flask parsed the body as a form); ours passes the body on,
+    # which is what `curl -d` users expect (docs/runtime.md, deliberate differences).
+    server = serve(tmp_path, "probe.py")
+    try:
+        status, _, body = post(
+            server,
+            "/score",
+            b'{"action": "size"}',
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    finally:
+        server.stop()
+    assert (status, body_of(body)) == (200, {"size": 18})
+
+
 # ---- @rawhttp -------------------------------------------------------------------------
 
 
