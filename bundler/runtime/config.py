@@ -26,13 +26,26 @@ PORT = "AIRGAP_PORT"
 # The bundle's install prefix (prefix/: bin/ launchers, include/, data files), beside the
 # site-packages tree; its bin/ goes first on PATH.
 PREFIX = "AIRGAP_PREFIX"
+CORS_ORIGINS = "AML_CORS_ORIGINS"
+APP_ROOT = "AML_APP_ROOT"  # where /swagger.json looks for the user's swagger*.json files
 
 DEFAULT_PORT = 5001
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - a container's server must listen on all interfaces
 DEFAULT_WORKERS = 1
 DEFAULT_WORKER_TIMEOUT = 300  # seconds, Azure ML's default
-# Below WORKER_TIMEOUT on purpose: a slow run() gets a clean 504 before gunicorn kills the worker.
-DEFAULT_SCORING_TIMEOUT_MS = 60_000
+# Azure ML's default (one hour). Its sync workers are killed after WORKER_TIMEOUT anyway, so
+# unless SCORING_TIMEOUT_MS is set the cut-off lands just before that instead (299 s for the
+# default 300): the client gets Azure ML's timeout answer rather than a dropped connection.
+AZURE_SCORING_TIMEOUT_MS = 3_600_000
+
+
+def default_scoring_timeout_ms(worker_timeout: int) -> int:
+    """The scoring timeout when SCORING_TIMEOUT_MS is unset: Azure ML's, capped just below
+    ``worker_timeout`` (seconds) so a slow run() is answered before its worker is killed."""
+    margin = min(1000, worker_timeout * 100)
+    return min(AZURE_SCORING_TIMEOUT_MS, worker_timeout * 1000 - margin)
+
+
 DEFAULT_MAX_REQUEST_BYTES = 100 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -57,6 +70,8 @@ class Settings:
     max_request_bytes: int  # bytes of request body; larger bodies get 413
     log_level: str
     prefix: Path | None = None  # the bundle's prefix/ folder, when it has one
+    cors_origins: str | None = None  # AML_CORS_ORIGINS as given; None leaves CORS off
+    app_root: Path | None = None  # AML_APP_ROOT; None: the working directory
 
     @property
     def bind(self) -> str:
@@ -149,6 +164,8 @@ def load_settings(env: Mapping[str, str], cwd: Path) -> Settings:
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"{LOG_LEVEL}={log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
+    worker_timeout = _int(env, WORKER_TIMEOUT, DEFAULT_WORKER_TIMEOUT, 1)
+    raw_root = env.get(APP_ROOT, "").strip()
     return Settings(
         entry_script=entry,
         model_dir=model_dir,
@@ -157,9 +174,13 @@ def load_settings(env: Mapping[str, str], cwd: Path) -> Settings:
         host=env.get(HOST, "").strip() or DEFAULT_HOST,
         port=_port(env),
         workers=_int(env, WORKER_COUNT, DEFAULT_WORKERS, 1),
-        worker_timeout=_int(env, WORKER_TIMEOUT, DEFAULT_WORKER_TIMEOUT, 1),
-        scoring_timeout_ms=_int(env, SCORING_TIMEOUT_MS, DEFAULT_SCORING_TIMEOUT_MS, 0),
+        worker_timeout=worker_timeout,
+        scoring_timeout_ms=_int(
+            env, SCORING_TIMEOUT_MS, default_scoring_timeout_ms(worker_timeout), 0
+        ),
         max_request_bytes=_int(env, MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES, 1),
         log_level=log_level,
         prefix=prefix,
+        cors_origins=env.get(CORS_ORIGINS, "").strip() or None,
+        app_root=_resolve(raw_root, cwd).absolute() if raw_root else None,
     )

@@ -10,8 +10,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+from .interface import PLAIN, InterfaceError, RunInterface, analyze
 
 if TYPE_CHECKING:
     from collections.abc import Callable, MutableMapping
@@ -37,14 +40,19 @@ class RequirementsError(Exception):
     """AZUREML_EXTRA_REQUIREMENTS_TXT could not be installed from its wheels folder."""
 
 
+_PLAIN = RunInterface(PLAIN, "raw_data", (), None, None, ())
+
+
 @dataclass(frozen=True)
 class EntryScript:
-    """A loaded entry script: its run() and whether run() takes ``request_headers``."""
+    """A loaded entry script: its run(), whether run() takes ``request_headers``, and how it
+    takes its input (plain text, inference-schema parameters or the raw request)."""
 
     run: Callable[..., Any]
     wants_headers: bool
     module_name: str
     init_seconds: float
+    interface: RunInterface = field(default=_PLAIN)
 
 
 def prepend_paths(paths: list[str]) -> None:
@@ -185,14 +193,23 @@ def load_entry_script(entry: Path) -> EntryScript:
         raise EntryScriptError(f"{entry} defines no init() function")
     if not callable(run):
         raise EntryScriptError(f"{entry} defines no run() function")
+    # Azure ML SDK-generated driver scripts forward to the real score script, but drop the
+    # parameters of an @input_schema run(): Azure ML's server calls the real run() directly.
+    driver = getattr(module, "driver_module", None)
+    if isinstance(driver, ModuleType) and callable(getattr(driver, "run", None)):
+        run = driver.run
     wants_headers = _check_run(entry, run)
+    try:
+        interface = analyze(run)
+    except InterfaceError as e:
+        raise EntryScriptError(f"{entry}: {e}") from e
 
     start = time.perf_counter()
     try:
         init()
     except BaseException as e:
         raise EntryScriptError(f"init() in {entry} raised {type(e).__name__}: {e}") from e
-    return EntryScript(run, wants_headers, name, time.perf_counter() - start)
+    return EntryScript(run, wants_headers, name, time.perf_counter() - start, interface)
 
 
 def _check_run(entry: Path, run: Callable[..., Any]) -> bool:

@@ -15,6 +15,7 @@ from gunicorn.errors import HaltServer
 
 from . import config
 from .app import make_app
+from .cors import CorsPolicy
 from .entry import (
     RequirementsError,
     apply_paths,
@@ -22,6 +23,7 @@ from .entry import (
     install_requirements,
     load_entry_script,
 )
+from .swagger import ServiceInfo, SwaggerDocs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -55,9 +57,23 @@ class ScoringServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
     def load(self) -> ScoringApp:
         # Runs in each worker after fork (no preload): a model is loaded per process, as in
         # Azure ML, so libraries that dislike fork after init (threads, GPU contexts) work.
-        entry = load_entry_script(self.settings.entry_script)
-        log.info("init() finished in %.3f s; worker ready", entry.init_seconds)
-        return make_app(entry, self.settings.scoring_timeout_ms, self.settings.max_request_bytes)
+        settings = self.settings
+        entry = load_entry_script(settings.entry_script)
+        log.info(
+            "init() finished in %.3f s; run() takes %s input; worker ready",
+            entry.init_seconds,
+            entry.interface.kind,
+        )
+        swagger = SwaggerDocs(
+            entry.interface, settings.app_root or Path.cwd(), ServiceInfo.from_env(os.environ)
+        )
+        return make_app(
+            entry,
+            settings.scoring_timeout_ms,
+            settings.max_request_bytes,
+            swagger=swagger,
+            cors=CorsPolicy.from_env(settings.cors_origins),
+        )
 
 
 def _worker_tmp_dir() -> str | None:
@@ -89,6 +105,15 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     if tmp:
         options["worker_tmp_dir"] = tmp
     return options
+
+
+def _add_toplevel_path() -> None:
+    """Run from a checkout (``python -m bundler.runtime``), the top-level shims (azureml.*) sit
+    in ``_toplevel/`` beside the package; in a bundle they are already in ``runtime/``. Last on
+    sys.path, like the runtime's own folder: the user's packages come first."""
+    toplevel = Path(__file__).resolve().parent / "_toplevel"
+    if toplevel.is_dir() and str(toplevel) not in sys.path:
+        sys.path.append(str(toplevel))
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -153,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log.critical("%s", e)
                 return EXIT_CONFIG
         apply_paths(settings, requirements_dir)
+        _add_toplevel_path()
         log.info("%s", environment_summary())
         log.info(
             "serving %s on %s with %d worker(s); scoring timeout %s, max request %d bytes",

@@ -54,6 +54,8 @@ def run(raw_data):
             "pid": os.getpid(),
             "cwd": os.getcwd(),
         }
+    if action == "modules":
+        return {name: name in sys.modules for name in request["names"]}
     if action == "size":
         return {"size": len(raw_data)}
     return {"pid": os.getpid()}
