@@ -231,16 +231,16 @@ class Target:
 
 def _validate(python: str, implementation: str, abi: str, platforms: tuple[str, ...]) -> list[str]:
     problems: list[str] = []
-    if not isinstance(python, str) or not _PYTHON_RE.match(python):
+    if not isinstance(python, str) or not _PYTHON_RE.fullmatch(python):
         problems.append(f"python {python!r} is not a version like '3.11'")
-    if not isinstance(implementation, str) or not _IMPL_RE.match(implementation):
+    if not isinstance(implementation, str) or not _IMPL_RE.fullmatch(implementation):
         problems.append(f"implementation {implementation!r} is not a tag like 'cp'")
-    if not isinstance(abi, str) or not _ABI_RE.match(abi):
+    if not isinstance(abi, str) or not _ABI_RE.fullmatch(abi):
         problems.append(f"abi {abi!r} is not a tag like 'cp311'")
     if not isinstance(platforms, tuple) or not platforms:
         problems.append("platforms must name at least one platform tag")
         return problems
-    bad = [p for p in platforms if not isinstance(p, str) or not _PLATFORM_RE.match(p)]
+    bad = [p for p in platforms if not isinstance(p, str) or not _PLATFORM_RE.fullmatch(p)]
     if bad:
         problems.append(f"platform tag(s) {bad!r} are malformed (e.g. 'manylinux_2_17_x86_64')")
         return problems

@@ -111,6 +111,10 @@ def test_env_values_are_quoted_and_never_expanded() -> None:
         ({"A": "two\nlines"}, "newline"),
         ({"1BAD": "x"}, "not valid"),
         ({"BAD NAME": "x"}, "not valid"),
+        # `$` would match before a final newline: a name must be matched whole, or it
+        # would inject Dockerfile instructions.
+        ({"A\nRUN rm -rf /\n#": "x"}, "not valid"),
+        ({"A\n": "x"}, "not valid"),
     ],
 )
 def test_env_that_cannot_be_written_safely_is_refused(env: dict[str, str], message: str) -> None:

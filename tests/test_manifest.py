@@ -188,6 +188,21 @@ def test_every_missing_field_is_named(path: str) -> None:
     assert str(info.value).startswith("manifest: manifest.json: missing field")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("signer", "a" * 64 + "\n"), ("payload.sha256", "b" * 64 + "\n")],
+)
+def test_hex_fields_are_matched_whole(field: str, value: str) -> None:
+    obj = as_json(sample())
+    if "." in field:
+        outer, inner = field.split(".")
+        obj[outer][inner] = value
+    else:
+        obj[field] = value
+    with pytest.raises(ManifestError, match=re.escape(field)):
+        parse_manifest(encode(obj))
+
+
 def test_bool_is_not_an_integer() -> None:
     obj = as_json(sample())
     obj["files"][0]["size"] = True

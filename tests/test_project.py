@@ -327,3 +327,14 @@ path = "model"
     assert "models[2] lacks version" in message
     assert "models[4]: model DUP version 1 is listed twice" in message
     assert "5 problem(s)" in message
+
+
+def test_names_are_matched_whole_not_up_to_a_final_newline(tmp_path: Path) -> None:
+    toml = 'name = "demo\\n"\nversion = "1.0.0"\nmodel = "model"\n\n[env]\n"A\\n" = "1"\n'
+    with pytest.raises(ProjectError) as err:
+        load_project(_project(tmp_path / "a", toml))
+    assert "name 'demo\\n'" in str(err.value)
+    assert "env name 'A\\n'" in str(err.value)
+    toml = 'name = "demo"\nversion = "1"\n\n[[models]]\nname = "clf\\n"\nversion = 1\npath = "model"\n'
+    with pytest.raises(ProjectError, match="models\\[0\\].name 'clf\\\\n'"):
+        load_project(_project(tmp_path / "b", toml))

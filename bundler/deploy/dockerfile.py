@@ -140,12 +140,12 @@ def render_dockerfile(spec: DockerfileSpec, *, baked: bool = False) -> str:
     """
     variant: Variant = "baked" if baked else "normal"
     for name in spec.env:
-        if not _ENV_NAME.match(name):
+        if not _ENV_NAME.fullmatch(name):
             raise ProjectError(
                 f"environment variable name {name!r} is not valid",
                 remedy="use letters, digits and underscores, not starting with a digit",
             )
-    if spec.base_digest is not None and not _IMAGE_ID.match(spec.base_digest):
+    if spec.base_digest is not None and not _IMAGE_ID.fullmatch(spec.base_digest):
         raise ProjectError(f"base image digest {spec.base_digest!r} is not 'sha256:' + 64 hex")
     if spec.base_digest:
         base = spec.base_digest

@@ -232,7 +232,7 @@ class _Fields:
 
     def sha256(self, key: str) -> str:
         value = self.text(key)
-        if not _SHA256_RE.match(value):
+        if not _SHA256_RE.fullmatch(value):
             raise _invalid(f"field {self._name(key)!r} must be 64 lowercase hex digits")
         return cast("str", value)
 
@@ -332,7 +332,7 @@ def parse_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
     if base_raw is not None:
         b = _Fields(base_raw, "base_image")
         digest = b.text("digest", optional=True)
-        if digest is not None and not _DIGEST_RE.match(digest):
+        if digest is not None and not _DIGEST_RE.fullmatch(digest):
             raise _invalid("field 'base_image.digest' must be 'sha256:' and 64 hex digits")
         base = BaseImage(ref=b.text("ref"), digest=digest, included=b.boolean("included"))
     packages = []
@@ -383,7 +383,7 @@ def parse_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
     if entry not in {f.path for f in files}:
         raise _invalid(f"entry_script {entry!r} is not a payload file")
     signer = top.text("signer")
-    if not _KEY_ID_RE.match(signer):
+    if not _KEY_ID_RE.fullmatch(signer):
         raise _invalid("field 'signer' must be a key id (64 lowercase hex digits)")
     created = top.integer("created")
     expires = top.integer("expires", optional=True)

@@ -236,7 +236,7 @@ def _parse_line(line: str, lineno: int) -> LockedRequirement | None:
         algo, _, digest = value.partition(":")
         if algo != "sha256":
             problems.append(f"hash {value[:20]}... is not sha256")
-        elif not _SHA256_RE.match(digest):
+        elif not _SHA256_RE.fullmatch(digest):
             problems.append(f"hash sha256:{digest[:16]}... is not 64 lowercase hex digits")
         else:
             hashes.add(digest)

@@ -229,7 +229,7 @@ class _Checker:
         if "name" not in self.data:
             return None
         value = self.string("name", self.data["name"])
-        if value is not None and not _NAME_RE.match(value):
+        if value is not None and not _NAME_RE.fullmatch(value):
             self.add(
                 f"name {value!r} must be 1-64 lowercase letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit (it becomes the image name)"
@@ -304,13 +304,13 @@ class _Checker:
             name, version = table["name"], table["version"]
             if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
                 version = str(version)  # Azure ML model versions are integers
-            if not isinstance(name, str) or not _MODEL_NAME_RE.match(name):
+            if not isinstance(name, str) or not _MODEL_NAME_RE.fullmatch(name):
                 self.add(
                     f"{where}.name {name!r} must be letters, digits, '.', '_' or '-' "
                     "(it becomes a folder name under AZUREML_MODEL_DIR)"
                 )
                 continue
-            if not isinstance(version, str) or not _MODEL_VERSION_RE.match(version):
+            if not isinstance(version, str) or not _MODEL_VERSION_RE.fullmatch(version):
                 self.add(f"{where}.version {version!r} must be a number such as 1, or a short tag")
                 continue
             if (name.casefold(), version.casefold()) in seen:
@@ -335,7 +335,7 @@ class _Checker:
         if "base_image" not in self.data:
             return None
         value = self.string("base_image", self.data["base_image"])
-        if value is not None and not _IMAGE_RE.match(value):
+        if value is not None and not _IMAGE_RE.fullmatch(value):
             self.add(
                 f"base_image {value!r} is not an image reference such as 'name:tag' or "
                 "'name@sha256:<digest>' (lowercase, no spaces)"
@@ -350,7 +350,7 @@ class _Checker:
             return {}
         env: dict[str, str] = {}
         for key, value in sorted(raw.items()):
-            if not _ENV_NAME_RE.match(key):
+            if not _ENV_NAME_RE.fullmatch(key):
                 self.add(f"env name {key!r} must be letters, digits and '_', not a leading digit")
             elif key in RESERVED_ENV:
                 self.add(f"env {key} is set by the scoring runtime and cannot be overridden")

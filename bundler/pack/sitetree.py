@@ -613,7 +613,7 @@ def _launchers(
             continue
         for name, value in parser.items(section):
             m = _ENTRY_POINT_RE.match(value.strip())
-            if not _SCRIPT_NAME_RE.match(name) or name in found:
+            if not _SCRIPT_NAME_RE.fullmatch(name) or name in found:
                 why = "is named twice" if name in found else "is not a safe file name"
                 warn(f"{fname}: {section} entry {name!r} {why}; no launcher was written for it")
                 continue
