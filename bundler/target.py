@@ -260,7 +260,22 @@ def _validate(python: str, implementation: str, abi: str, platforms: tuple[str, 
             f"platforms mix architectures ({', '.join(machines)}); a bundle holds one build "
             "of each package, so pack one bundle per architecture"
         )
+    # Likewise one C library: a manylinux (glibc) extension module does not load on musl.
+    families = sorted({f for f in (_libc_family(p) for p in platforms) if f})
+    if len(families) > 1:
+        problems.append(
+            f"platforms mix C libraries ({', '.join(families)}); a bundle holds one build of "
+            "each package, so pack one bundle for manylinux (glibc) and one for musllinux"
+        )
     return problems
+
+
+def _libc_family(plat: str) -> str | None:
+    if plat.startswith("musllinux_"):
+        return "musl"
+    if plat.startswith("manylinux") or any(plat.startswith(a + "_") for a in _LEGACY_TO_MINOR):
+        return "glibc"
+    return None
 
 
 def _platform_info(plat: str) -> tuple[str, str]:

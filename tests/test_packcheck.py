@@ -174,9 +174,18 @@ def test_mixed_architectures_are_refused_by_the_target() -> None:
         Target.create("3.11", ["manylinux_2_28_x86_64", "manylinux_2_28_aarch64"])
     with pytest.raises(ValueError, match="mix architectures"):
         Target.create("3.11", ["manylinux_2_17_x86_64", "musllinux_1_2_i686"])
-    # One architecture under several tags is fine, and so are macOS fat tags.
-    Target.create("3.11", ["manylinux_2_28_x86_64", "manylinux2014_x86_64", "musllinux_1_1_x86_64"])
+    # One architecture and C library under several tags is fine, and so are macOS fat tags.
+    Target.create("3.11", ["manylinux_2_28_x86_64", "manylinux2014_x86_64"])
+    Target.create("3.11", ["musllinux_1_2_x86_64", "musllinux_1_1_x86_64"])
     Target.create("3.11", ["macosx_11_0_arm64", "macosx_11_0_universal2"])
+
+
+def test_mixed_c_libraries_are_refused_by_the_target() -> None:
+    # A manylinux extension module needs glibc: no host can run both halves of such a tree.
+    with pytest.raises(ValueError, match=re.escape("platforms mix C libraries (glibc, musl)")):
+        Target.create("3.11", ["manylinux_2_28_x86_64", "musllinux_1_1_x86_64"])
+    with pytest.raises(ValueError, match="mix C libraries"):
+        Target.create("3.11", ["manylinux2014_x86_64", "musllinux_1_2_x86_64"])
 
 
 def test_mixed_architectures_in_bundle_toml(tmp_path: Path) -> None:

@@ -308,6 +308,16 @@ def test_paths_differing_only_in_case_are_refused(tmp_path: Path) -> None:
         build_site_tree([wheel], X86_311, tmp_path / "dest")
 
 
+def test_paths_differing_only_in_unicode_normalisation_are_refused(tmp_path: Path) -> None:
+    # "café" composed (NFC) in one wheel and decomposed (NFD) in another: one name on macOS,
+    # and the bundle format folds them together too, so the installer must refuse them first.
+    nfc, nfd = "cases/caf\u00e9.txt", "cases/cafe\u0301.txt"
+    one = make_wheel(tmp_path, "one", "1", {nfc: b"a"})
+    two = make_wheel(tmp_path, "two", "1", {nfd: b"b"})
+    with pytest.raises(SiteTreeError, match="Unicode normalisation"):
+        build_site_tree([one, two], X86_311, tmp_path / "dest")
+
+
 def test_dest_must_be_empty(tmp_path: Path) -> None:
     wheel = make_wheel(tmp_path, "ok", "1", {"ok.py": b""})
     dest = tmp_path / "dest"

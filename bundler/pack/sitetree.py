@@ -30,6 +30,7 @@ from packaging.utils import (
 )
 
 from ..errors import LocalRunnerError, SiteTreeError
+from ..formats.manifest import fold_name
 from ..interpreters import find_python
 from ..layout import PREFIX_DIR
 
@@ -116,7 +117,7 @@ class _Tree:
 
     root: Path
     owners: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (dist, sha256)
-    folded: dict[str, str] = field(default_factory=dict)  # casefolded path -> path
+    folded: dict[str, str] = field(default_factory=dict)  # fold_name(path) -> path
 
 
 @dataclass(frozen=True)
@@ -556,7 +557,7 @@ def _put_prefix(
     """
     tree = build.prefix
     assert tree is not None
-    folded = tree.folded.get(rel.casefold())
+    folded = tree.folded.get(fold_name(rel))
     previous = tree.owners.get(rel)
     if folded is not None and folded != rel:
         build.warn(
@@ -575,7 +576,7 @@ def _put_prefix(
             return None
         return reader.digest, reader.size  # identical bytes: shared, as in site-packages
     _write_reader(tree, rel, reader, mode)
-    tree.folded[rel.casefold()] = rel
+    tree.folded[fold_name(rel)] = rel
     tree.owners[rel] = (dist, reader.digest)
     return reader.digest, reader.size
 
@@ -678,12 +679,13 @@ def _create(path: Path, mode: int, rel: str) -> Iterator[BinaryIO]:
 
 def _claim(tree: _Tree, rel: str, dist: str, digest: str) -> None:
     """Record who wrote ``rel``; refuse a second wheel with different bytes there, and two
-    paths that differ only in case (the bundle format refuses those too)."""
-    folded = rel.casefold()
+    paths that differ only in case or Unicode normalisation (the bundle format refuses those
+    too, with the same folding)."""
+    folded = fold_name(rel)
     other = tree.folded.get(folded)
     if other is not None and other != rel:
         raise SiteTreeError(
-            f"{other} and {rel} differ only in letter case",
+            f"{other} and {rel} differ only in letter case or Unicode normalisation",
             remedy="a tree must be usable on case-insensitive file systems; drop one package",
         )
     tree.folded[folded] = rel
