@@ -149,37 +149,51 @@ def test_patch_releases_of_one_minor_version_write_the_same_pycs(tmp_path: Path)
     assert results[0] and all(r == results[0] for r in results[1:])
 
 
-def test_pack_warns_when_no_interpreter_of_the_target_version_exists(tmp_path: Path) -> None:
-    from bundler.pack.pipeline import _compile_trees
-    from bundler.progress import NullProgress
-
-    missing = None
+def _missing_minor() -> str:
     for minor in range(14, 30):
         try:
             find_python(f"3.{minor}")
         except LocalRunnerError:
-            missing = f"3.{minor}"
-            break
-    if missing is None:
-        pytest.skip("every CPython 3.14-3.29 is installed here")
-    tree = _tree(tmp_path / "site")
+            return f"3.{minor}"
+    pytest.skip("every CPython 3.14-3.29 is installed here")
+
+
+def test_pack_warns_when_no_interpreter_of_the_target_version_exists(tmp_path: Path) -> None:
+    from bundler.pack.pipeline import _bytecode_python, _compile_trees
+    from bundler.progress import NullProgress
+
+    missing = _missing_minor()
     warnings: list[str] = []
     target = Target.create(missing, ["manylinux_2_17_x86_64"])
-    _compile_trees(target, [tree], NullProgress(), warnings.append)
+    assert _bytecode_python(target, "auto", warnings.append) is None
     assert warnings == [
         f"no Python {missing} was found on this machine, so site-packages ships without "
         "bytecode and the isolated host compiles every module in memory at each start; "
         f"install python{missing} (or `pyenv install {missing}`) here and pack again to "
-        "include it"
+        "include it (the bundle then differs from one packed where that Python exists: "
+        "--bytecode require or none make it machine-independent)"
     ]
-    assert not _pycs(tree)
     # With an interpreter there is no warning, and the bytecode is there.
     other = _other_python()
-    _compile_trees(
-        Target.create(other.version, ["manylinux_2_17_x86_64"]),
-        [tree],
-        NullProgress(),
-        warnings.append,
-    )
+    other_target = Target.create(other.version, ["manylinux_2_17_x86_64"])
+    python = _bytecode_python(other_target, "auto", warnings.append)
+    assert python is not None
+    tree = _tree(tmp_path / "site")
+    _compile_trees(other_target, [tree], python, NullProgress())
     assert len(warnings) == 1
     assert _pycs(tree)
+
+
+def test_bytecode_require_fails_without_the_interpreter_and_none_never_compiles() -> None:
+    from bundler.errors import ProjectError
+    from bundler.pack.pipeline import _bytecode_python
+
+    missing = _missing_minor()
+    with pytest.raises(ProjectError, match=f"--bytecode require: no Python {missing}"):
+        _bytecode_python(Target.create(missing, ["manylinux_2_17_x86_64"]), "require", print)
+    other = _other_python()
+    target = Target.create(other.version, ["manylinux_2_17_x86_64"])
+    assert _bytecode_python(target, "require", print) is not None
+    warnings: list[str] = []
+    assert _bytecode_python(target, "none", warnings.append) is None
+    assert warnings == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -174,6 +175,15 @@ def keygen(
     help="Also take locked wheels from this folder (e.g. wheels you built for pins that "
     "publish only a source distribution); hash-checked against the lock. Repeatable.",
 )
+@click.option(
+    "--bytecode",
+    type=click.Choice(["auto", "require", "none"]),
+    default="auto",
+    show_default=True,
+    help="Ship .pyc files: auto = when a Python of the target's version is on this machine "
+    "(else a warning), require = fail without one, none = never. For byte-identical bundles "
+    "across machines, use require or none.",
+)
 @quiet_option
 @json_option
 @funnel
@@ -188,6 +198,7 @@ def pack(
     include_wheels: bool,
     cache_dir: Path | None,
     find_links: tuple[Path, ...],
+    bytecode: str,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -201,6 +212,7 @@ def pack(
     site-packages tree, and writes one signed, zstd-compressed file. With the same
     inputs and SOURCE_DATE_EPOCH the bundle is byte-identical.
     """
+    from ..pack.pipeline import BytecodeChoice
     from ..pack.pipeline import pack as do_pack
 
     passphrase = None
@@ -220,6 +232,7 @@ def pack(
         progress=progress(quiet),
         find_links=find_links,
         warn=warnings.append,
+        bytecode=cast("BytecodeChoice", bytecode),
     )
     if as_json:
         emit_json({"ok": True, "bundle": str(out), "warnings": warnings, **summary(manifest, out)})

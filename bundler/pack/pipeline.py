@@ -7,6 +7,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from ..errors import ProjectError
 from ..formats import manifest as mf
@@ -31,6 +32,8 @@ from .project import Project, load_project
 from .sitetree import build_site_tree, bytecode_interpreter, compile_bytecode
 from .wheels import PipDownloader, fetch_wheels
 
+# Whether site-packages ships .pyc files (see `airgap pack --help`).
+BytecodeChoice = Literal["auto", "require", "none"]
 RUNTIME_SOURCE = Path(__file__).parent.parent / "runtime"
 RUNTIME_LOCK = RUNTIME_SOURCE / "requirements.lock"
 # Runtime modules copied to the top of runtime/ rather than into runtime/airgap_runtime/.
@@ -166,6 +169,7 @@ def pack(
     progress: Progress | None = None,
     find_links: Sequence[Path] = (),
     warn: Callable[[str], None] | None = None,
+    bytecode: BytecodeChoice = "auto",
 ) -> mf.Manifest:
     """Build the bundle for the project in ``project_dir`` and write it to ``out``.
 
@@ -186,6 +190,7 @@ def pack(
     project = load_project(project_dir)
     check_pack(project.entry_script, project.target, warn=warn)  # before any download
     private_key = load_private_key(key, passphrase)  # fail before any download
+    python = _bytecode_python(project.target, bytecode, warn)  # and this too
     created = source_date_epoch()
     target = project.target
     source = _wheel_source(find_links)
@@ -203,7 +208,8 @@ def pack(
         build_site_tree(runtime_wheels, target, work / "runtime-lib")
         progress.advance(len(runtime_wheels))
         progress.finish()
-        _compile_trees(target, [work / "site", work / "runtime-lib"], progress, warn)
+        if python is not None:
+            _compile_trees(target, [work / "site", work / "runtime-lib"], python, progress)
         base, base_files = _base_image(project, include_base_image, work)
         files: list[SourceFile] = [
             *_app_files(project),
@@ -255,20 +261,40 @@ def _wheel_source(find_links: Sequence[Path]) -> PipDownloader | None:
     return PipDownloader(extra_args=tuple(args))
 
 
-def _compile_trees(
-    target: Target, trees: Sequence[Path], progress: Progress, warn: Callable[[str], None]
-) -> None:
-    """Bytecode for ``target`` in each tree, or one warning when it cannot be made here."""
+def _bytecode_python(
+    target: Target, choice: BytecodeChoice, warn: Callable[[str], None]
+) -> Path | None:
+    """The interpreter that compiles the trees, or None for none (with a warning for auto).
+
+    Raises:
+        ProjectError: ``require`` and no interpreter of the target's version is here.
+    """
+    if choice == "none":
+        return None
     python = bytecode_interpreter(target)
-    if python is None:
-        if target.implementation == "cp" and target.python_version >= (3, 7):
-            warn(
-                f"no Python {target.python} was found on this machine, so site-packages ships "
-                "without bytecode and the isolated host compiles every module in memory at "
-                f"each start; install python{target.python} (or `pyenv install "
-                f"{target.python}`) here and pack again to include it"
-            )
-        return
+    if python is not None:
+        return python
+    advice = (
+        f"install python{target.python} (or `pyenv install {target.python}`) here and pack again"
+    )
+    if choice == "require":
+        raise ProjectError(
+            f"--bytecode require: no Python {target.python} was found on this machine to "
+            "compile site-packages for the target",
+            remedy=f"{advice}, or pass --bytecode auto or none",
+        )
+    if target.implementation == "cp" and target.python_version >= (3, 7):
+        warn(
+            f"no Python {target.python} was found on this machine, so site-packages ships "
+            "without bytecode and the isolated host compiles every module in memory at "
+            f"each start; {advice} to include it (the bundle then differs from one packed "
+            "where that Python exists: --bytecode require or none make it machine-independent)"
+        )
+    return None
+
+
+def _compile_trees(target: Target, trees: Sequence[Path], python: Path, progress: Progress) -> None:
+    """PEP 552 bytecode for ``target`` in each tree, compiled by ``python``."""
     progress.start("compiling bytecode")
     for tree in trees:
         compile_bytecode(tree, target, python)
