@@ -138,12 +138,40 @@ def test_schema_needs_a_json_content_type(
             "Input cannot be decoded as UTF-8: 'utf-8' codec can't decode byte 0xff in position "
             "10: invalid start byte",
         ),
+        # Valid JSON in UTF-16: refused, not reinterpreted (json.loads of bytes would take it).
+        (
+            '{"data": [[1.0]]}'.encode("utf-16"),
+            "Input cannot be decoded as UTF-8: 'utf-8' codec can't decode byte 0xff in position "
+            "0: invalid start byte",
+        ),
+        # Nested past Python's recursion limit: a 400, not a crash of the request.
+        (
+            b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "POST body is nested too deeply to be read as JSON",
+        ),
     ],
 )
 def test_schema_bad_bodies_are_400(schema_numpy: Server, body: bytes, message: str) -> None:
     status, _, answer = post(schema_numpy, "/score", body, JSON_CT)
     assert status == 400
     assert body_of(answer) == {"message": message}
+
+
+def test_deeply_nested_query_values_stay_text(schema_numpy: Server, tmp_path: Path) -> None:
+    # Past the recursion limit, json.loads raises RecursionError: the value stays text, and
+    # the answer is the app's own JSON (a crash would be gunicorn's HTML page).
+    deep = "[" * 3000
+    plain = serve(tmp_path, "plain_json.py")
+    try:
+        status, headers, body = http("GET", plain.url + "/score?a=" + deep)
+    finally:
+        plain.stop()
+    assert status == 500  # the script's own KeyError: the query has no "data"
+    assert headers["x-ms-run-function-failed"] == "True"
+    assert "message" in body_of(body)
+    status, headers, body = http("GET", schema_numpy.url + "/score?data=" + deep)
+    assert headers["content-type"] == "application/json"
+    assert "message" in body_of(body)
 
 
 def test_get_score_passes_query_parameters_by_name(schema_numpy: Server) -> None:

@@ -157,7 +157,7 @@ def parse_query(environ: dict[str, Any]) -> dict[str, Any]:
 def _json_or_text(value: str) -> Any:
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested input is text, not a crash
         return value
 
 
@@ -434,10 +434,14 @@ class ScoringApp:
                 raise _Refused(415, "Expects Content-Type to be application/json")
             body = self._body_or_refuse(environ)
             try:
-                fields = json.loads(body)
+                # Decoded as UTF-8 first: json.loads(bytes) would also take UTF-16 and UTF-32,
+                # and a body that is not UTF-8 is refused, never reinterpreted.
+                fields = json.loads(body.decode("utf-8"))
             except UnicodeDecodeError as e:
                 # Azure ML answers 500 here; a client error it is.
                 raise _Refused(400, f"Input cannot be decoded as UTF-8: {e}") from None
+            except RecursionError:
+                raise _Refused(400, "POST body is nested too deeply to be read as JSON") from None
             except ValueError as e:
                 if body:
                     raise _Refused(400, f"POST body could not be decoded as JSON: {e}") from None
