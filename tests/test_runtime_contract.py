@@ -259,6 +259,21 @@ def test_swagger_prefers_the_users_own_file(tmp_path: Path) -> None:
     assert doc["components"]["schemas"]["ServiceInput"] == {"type": "object", "example": {}}
 
 
+def test_a_broken_swagger_file_is_skipped_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "swagger.json").write_text("{not json")
+    (tmp_path / "app" / "swagger3.json").mkdir()  # a folder where a file is expected
+    server = serve(tmp_path, "probe.py", AML_APP_ROOT=str(tmp_path / "app"))
+    try:
+        v2 = http("GET", server.url + "/swagger.json")
+        v3 = http("GET", server.url + "/swagger.json?version=3")
+    finally:
+        server.stop()
+    assert v2[0] == 200 and body_of(v2[2])["swagger"] == "2.0"  # generated instead
+    assert v3[0] == 200 and str(body_of(v3[2])["openapi"]).startswith("3.")
+    assert "ignoring" in server.stderr and "swagger.json" in server.stderr
+
+
 def test_driver_module_run_is_bypassed_as_azure_does(tmp_path: Path) -> None:
     pytest.importorskip("inference_schema")
     server = serve(tmp_path, "driver.py")

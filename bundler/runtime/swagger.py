@@ -9,6 +9,7 @@ Everything is built once per worker; requests only look the encoded bytes up.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,8 @@ _BEARER = {
     "description": "For example: Bearer abc123",
 }
 _ERROR_SCHEMA = {"type": "object", "properties": {"message": {"type": "string"}}}
+
+log = logging.getLogger("airgap_runtime")
 
 
 @dataclass(frozen=True)
@@ -244,11 +247,25 @@ def generate(version: str, service: ServiceInfo, inp: Any, out: Any) -> dict[str
 
 
 def _read_user_file(app_root: Path, names: tuple[str, ...]) -> Any:
+    """The user's own swagger document, if one of ``names`` is there and readable JSON.
+
+    A file that is not (not UTF-8, not JSON, a folder, unreadable) is logged and skipped, so
+    the generated document is served instead: a bad documentation file must not stop the
+    scoring server (every worker would fail to boot).
+    """
     for name in names:
+        path = app_root / name
         try:
-            with open(app_root / name, encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 return json.load(f)
         except FileNotFoundError:
+            continue
+        except (
+            OSError,
+            ValueError,
+            RecursionError,
+        ) as e:  # JSON and Unicode errors are ValueErrors
+            log.warning("ignoring %s: not a readable JSON document (%s)", path, e)
             continue
     return None
 
