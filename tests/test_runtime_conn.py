@@ -3,6 +3,7 @@ stop: a real server process, real sockets (tests/entry_scripts/harness.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
@@ -81,10 +82,8 @@ def test_normal_requests_pass_64_slow_header_clients(server: Server) -> None:
         def trickle() -> None:  # one header byte per connection every 0.1 s
             while not stop.wait(0.1):
                 for sock in slow:
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.sendall(b"X")
-                    except OSError:
-                        pass
 
         feeder = threading.Thread(target=trickle, daemon=True)
         feeder.start()
@@ -286,7 +285,12 @@ def test_parse_head_reads_the_request() -> None:
         b"POST /a%20b?x=1 HTTP/1.1\r\nHost: h\r\ncontent-length: 5\r\nX-Two: a\r\n\r\n",
         Limits(),
     )
-    assert (head.method, head.path, head.query, head.target) == ("POST", "/a b", "x=1", "/a%20b?x=1")
+    assert (head.method, head.path, head.query, head.target) == (
+        "POST",
+        "/a b",
+        "x=1",
+        "/a%20b?x=1",
+    )
     assert head.content_length == 5 and not head.chunked and head.keep_alive
     assert ("X-TWO", "a") in head.headers
     assert not parse_head(b"GET / HTTP/1.0\r\n\r\n", Limits()).keep_alive

@@ -37,6 +37,8 @@ KEEPALIVE_TIMEOUT = "AIRGAP_KEEPALIVE_TIMEOUT"
 MAX_CONNECTIONS = "AIRGAP_MAX_CONNECTIONS"
 TLS_CERT = "AIRGAP_TLS_CERT"
 TLS_KEY = "AIRGAP_TLS_KEY"
+# Set by the local runner to its pid: the server stops when that process is gone.
+PARENT_PID = "AIRGAP_PARENT_PID"
 
 DEFAULT_PORT = 5001
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - a container's server must listen on all interfaces
@@ -133,7 +135,9 @@ def _tls_files(env: Mapping[str, str], cwd: Path) -> tuple[Path | None, Path | N
     raw_cert = env.get(TLS_CERT, "").strip()
     raw_key = env.get(TLS_KEY, "").strip()
     if bool(raw_cert) != bool(raw_key):
-        raise ConfigError(f"set both {TLS_CERT} and {TLS_KEY} (a certificate and its key), or neither")
+        raise ConfigError(
+            f"set both {TLS_CERT} and {TLS_KEY} (a certificate and its key), or neither"
+        )
     if not raw_cert:
         return None, None
     cert = _resolve(raw_cert, cwd).absolute()

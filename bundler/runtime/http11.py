@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 # RFC 9110 token characters (method and header names).
@@ -39,9 +39,9 @@ class Head(NamedTuple):
     target: str  # the request-target as sent (RAW_URI)
     path: str  # percent-decoded, as latin-1 text (PEP 3333)
     query: str
-    version: Tuple[int, int]
-    headers: Tuple[Tuple[str, str], ...]  # (upper-case name, value), in order
-    content_length: Optional[int]  # None: no Content-Length
+    version: tuple[int, int]
+    headers: tuple[tuple[str, str], ...]  # (upper-case name, value), in order
+    content_length: int | None  # None: no Content-Length
     chunked: bool
     keep_alive: bool  # what the client asked for (HTTP/1.1 default yes, 1.0 default no)
     expect_continue: bool
@@ -156,10 +156,7 @@ def parse_head(raw: bytes, limits: Limits) -> Head:
         chunked = True
     if expect and expect != b"100-continue":
         raise HttpError(417, "only Expect: 100-continue is supported")
-    if version >= (1, 1):
-        keep_alive = b"close" not in connection
-    else:
-        keep_alive = b"keep-alive" in connection
+    keep_alive = b"close" not in connection if version >= (1, 1) else b"keep-alive" in connection
     return Head(
         method=method_b.decode("ascii"),
         target=target,

@@ -6,8 +6,11 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import ssl
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +32,7 @@ from .tls import server_context
 from .worker import AirgapWorker
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from .app import ScoringApp
     from .config import Settings
@@ -114,6 +117,27 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def _watch_parent(env: Mapping[str, str]) -> bool:
+    """With AIRGAP_PARENT_PID set (by the local runner), stop gracefully once that process is
+    gone: a daemon thread of the master polls its parent every second and sends the master
+    SIGTERM. False if the parent is gone already."""
+    raw = env.get(config.PARENT_PID, "").strip()
+    if not raw.isdigit():
+        return True
+    parent = int(raw)
+    if os.getppid() != parent:
+        return False
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        log.warning("the process that started the server (%d) is gone: stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="airgap-parent-watch", daemon=True).start()
+    return True
+
+
 def _add_toplevel_path() -> None:
     """Run from a checkout (``python -m bundler.runtime``), the top-level shims (azureml.*) sit
     in ``_toplevel/`` beside the package; in a bundle they are already in ``runtime/``. Last on
@@ -181,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The entry script reads it from the environment: hand it the absolute path.
         os.environ[config.MODEL_DIR] = str(settings.model_dir)
 
+    if not _watch_parent(os.environ):
+        log.critical("the process that started the server is gone: not starting")
+        return EXIT_CONFIG
     master = os.getpid()
     requirements_dir: str | None = None
     try:

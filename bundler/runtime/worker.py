@@ -7,6 +7,7 @@ the main thread (the scoring timeout is SIGALRM), and its answer is flushed by t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -18,8 +19,9 @@ import ssl
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.workers.base import Worker
 
@@ -100,11 +102,11 @@ class _Conn:
         self.out = bytearray()
         self.phase = _HANDSHAKE if tls else _HEAD
         self.deadline = now
-        self.head: Optional[Head] = None
+        self.head: Head | None = None
         self.body_started = now
         self.received = 0  # body bytes so far
-        self.chunked: Optional[ChunkedDecoder] = None
-        self.body: Optional[bytearray] = None
+        self.chunked: ChunkedDecoder | None = None
+        self.body: bytearray | None = None
         self.close_after = False
         self.discard = 0  # body bytes the client still sends that nobody reads
         self.served = 0  # requests answered on this connection
@@ -126,7 +128,7 @@ class _Request:
 class _Response:
     """What gunicorn's post_request hook reads of an answer."""
 
-    def __init__(self, status: str, headers: List[Tuple[str, str]], length: int) -> None:
+    def __init__(self, status: str, headers: list[tuple[str, str]], length: int) -> None:
         self.status = status
         self.status_code = int(status.split(" ", 1)[0])
         self.headers = headers
@@ -138,12 +140,12 @@ class _StartResponse:
     """The WSGI start_response callable for one request."""
 
     def __init__(self) -> None:
-        self.status: Optional[str] = None
-        self.headers: List[Tuple[str, str]] = []
-        self.written: List[bytes] = []
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.written: list[bytes] = []
 
     def __call__(
-        self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], None]:
         if exc_info is not None and self.status is not None:
             raise exc_info[1].with_traceback(exc_info[2])
@@ -157,9 +159,9 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings: Optional[Settings] = getattr(self.app, "settings", None)
+        settings: Settings | None = getattr(self.app, "settings", None)
         self._settings = settings
-        self.ssl_context: Optional[ssl.SSLContext] = getattr(self.app, "ssl_context", None)
+        self.ssl_context: ssl.SSLContext | None = getattr(self.app, "ssl_context", None)
         self._quitting = False
         self._conns: dict[int, _Conn] = {}
         self._date = ""
@@ -199,7 +201,7 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
             listener.setblocking(False)
             self._sel.register(listener, selectors.EVENT_READ, listener)
         self._sel.register(self.PIPE[0], selectors.EVENT_READ, None)
-        stop_by: Optional[float] = None
+        stop_by: float | None = None
         try:
             while True:
                 self.notify()
@@ -241,10 +243,8 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
 
     def _begin_stop(self) -> None:
         for listener in self.sockets:
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(listener)
-            except (KeyError, ValueError):
-                pass
         for conn in list(self._conns.values()):
             conn.close_after = True
             if conn.phase in (_HEAD, _HANDSHAKE) and not conn.inbuf:
@@ -284,7 +284,7 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
     def _refuse(self, sock: socket.socket) -> None:
         """Over the connection cap: one 503 if the socket takes it at once, then close."""
         if self.ssl_context is None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.send(
                     error_response(
                         503,
@@ -292,8 +292,6 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
                         "limit; retry later",
                     )
                 )
-            except OSError:
-                pass
         self.log.warning("connection cap of %d reached: refused a connection", self._max_conns)
         sock.close()
 
@@ -313,16 +311,12 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
     def _close(self, conn: _Conn) -> None:
         fd = conn.sock.fileno()
         if conn.events:
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(conn.sock)
-            except (KeyError, ValueError):
-                pass
             conn.events = 0
         self._conns.pop(fd, None)
-        try:
+        with contextlib.suppress(OSError):
             conn.sock.close()
-        except OSError:
-            pass
 
     def _on_event(self, conn: _Conn, mask: int) -> None:
         try:
@@ -356,7 +350,7 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
         if sock.pending():
             self._read(conn)
 
-    def _recv(self, conn: _Conn) -> Optional[bytes]:
+    def _recv(self, conn: _Conn) -> bytes | None:
         """Bytes available now (b"" at EOF), or None if none are."""
         try:
             data = conn.sock.recv(_READ_SIZE)
@@ -404,9 +398,8 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
                 self._start_body(conn, head, now)
                 if conn.phase != _BODY:
                     return
-            if conn.phase == _BODY:
-                if not self._body_complete(conn):
-                    return
+            if conn.phase == _BODY and not self._body_complete(conn):
+                return
         except HttpError as e:
             self._fail(conn, e.status, e.message)
             return
@@ -498,7 +491,7 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
         conn.deadline = time.monotonic() + self._write_timeout
         self._flush(conn)
 
-    def _call_app(self, conn: _Conn, head: Head, body: bytes, keep: bool) -> Tuple[bytes, bool]:
+    def _call_app(self, conn: _Conn, head: Head, body: bytes, keep: bool) -> tuple[bytes, bool]:
         """Run the WSGI app; return (the answer's bytes, whether to keep the connection)."""
         environ = self._environ(conn, head, body)
         request = _Request(head)
@@ -507,7 +500,7 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
         except Exception:
             self.log.exception("pre_request hook failed")
         start = _StartResponse()
-        result: Optional[Iterable[bytes]] = None
+        result: Iterable[bytes] | None = None
         try:
             result = self.wsgi(environ, start)
             chunks = list(start.written)
@@ -552,10 +545,10 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
         self,
         head: Head,
         status: str,
-        headers: List[Tuple[str, str]],
+        headers: list[tuple[str, str]],
         data: bytes,
         keep: bool,
-    ) -> Tuple[Optional[bytes], int]:
+    ) -> tuple[bytes | None, int]:
         code = status[:3]
         lines = [f"HTTP/1.1 {status}\r\n", f"Date: {self._http_date()}\r\n"]
         has_length = False
@@ -655,9 +648,7 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
             return
         # Kept alive: wait for the next request (maybe already buffered: pipelining).
         conn.phase = _HEAD
-        conn.deadline = time.monotonic() + (
-            self._header_timeout if conn.inbuf else self._keepalive
-        )
+        conn.deadline = time.monotonic() + (self._header_timeout if conn.inbuf else self._keepalive)
         self._set_events(conn, selectors.EVENT_READ)
         if conn.inbuf:
             self._advance(conn, time.monotonic())
