@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -634,3 +635,24 @@ def test_runtime_stops_when_the_parent_it_was_given_is_gone(tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_local_server_serves_https_and_probes_health_over_it(dest: Path, tmp_path: Path) -> None:
+    import ssl
+
+    from _tlscert import make_cert
+
+    cert, key = make_cert(tmp_path / "tls")
+    server = LocalServer(
+        dest, port=free_port(), log=tmp_path / "server.log", tls_cert=cert, tls_key=key
+    )
+    with server:  # wait_healthy() succeeded over https
+        assert server.url.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(cert))
+        req = urllib.request.Request(server.url + "/score", data=b'{"action": "size"}')
+        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
+            assert json.loads(resp.read()) == {"size": 18}
+        with pytest.raises(OSError):
+            http("GET", server.url.replace("https:", "http:") + "/", timeout=5)
+    with pytest.raises(LocalRunnerError, match="both"):
+        LocalServer(dest, tls_cert=cert)
