@@ -340,3 +340,33 @@ def test_oversized_body_gets_the_apps_413(server: Server) -> None:
     assert status == 413
     assert "larger than the limit" in json.loads(body)["message"]
     assert headers.get("x-request-id")
+
+
+def test_a_client_that_never_reads_stalls_no_one(tmp_path: Path) -> None:
+    srv = _start(tmp_path, AIRGAP_WRITE_TIMEOUT="1")
+    reader = _connect(srv)
+    try:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.setblocking(False)
+        pipelined = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 50_000  # ~7 MB of answers
+        sent = 0
+        with contextlib.suppress(BlockingIOError):
+            while sent < len(pipelined):
+                sent += reader.send(pipelined[sent : sent + 65536])
+        assert sent > 0
+        time.sleep(0.3)  # the worker now holds answers the client does not read
+        started = time.perf_counter()
+        for _ in range(10):
+            _score_ok(srv)
+        assert time.perf_counter() - started < 2
+        time.sleep(2.0)  # no progress for AIRGAP_WRITE_TIMEOUT: the server disconnects it
+        reader.setblocking(True)
+        reader.settimeout(5)
+        # Closed: EOF after what was already in flight, or a reset. A connection still open
+        # would time out here instead.
+        with contextlib.suppress(ConnectionResetError):
+            while reader.recv(1 << 20):
+                pass
+    finally:
+        reader.close()
+        srv.stop()
