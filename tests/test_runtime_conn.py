@@ -370,3 +370,36 @@ def test_a_client_that_never_reads_stalls_no_one(tmp_path: Path) -> None:
     finally:
         reader.close()
         srv.stop()
+
+
+def test_connection_settings_are_read_and_checked(tmp_path: Path) -> None:
+    from bundler.runtime import config
+
+    base = {"AZUREML_ENTRY_SCRIPT": str(HERE / "probe.py")}
+    defaults = config.load_settings(base, tmp_path)
+    assert (defaults.header_timeout, defaults.min_body_rate, defaults.max_connections) == (
+        10.0,
+        4096,
+        256,
+    )
+    assert defaults.keepalive_timeout == 5.0 and defaults.tls_cert is None
+    given = config.load_settings(
+        {
+            **base,
+            "AIRGAP_HEADER_TIMEOUT": "2.5",
+            "AIRGAP_KEEPALIVE_TIMEOUT": "0",
+            "AIRGAP_MAX_CONNECTIONS": "7",
+            "AIRGAP_MIN_BODY_RATE": "0",
+        },
+        tmp_path,
+    )
+    assert (given.header_timeout, given.keepalive_timeout, given.max_connections) == (2.5, 0, 7)
+    for name, value in (
+        ("AIRGAP_HEADER_TIMEOUT", "soon"),
+        ("AIRGAP_HEADER_TIMEOUT", "0"),
+        ("AIRGAP_WRITE_TIMEOUT", "inf"),
+        ("AIRGAP_MAX_CONNECTIONS", "0"),
+        ("AIRGAP_TLS_CERT", str(HERE / "probe.py")),
+    ):
+        with pytest.raises(config.ConfigError, match=name.split("_CERT")[0]):
+            config.load_settings({**base, name: value}, tmp_path)

@@ -383,6 +383,8 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
             return
         if conn.phase == _HEAD and not conn.inbuf:
             conn.deadline = now + self._header_timeout  # the request's first byte
+        elif conn.phase == _BODY and not self._min_rate:
+            conn.deadline = now + self._body_timeout  # no rate: a body may pause this long
         conn.inbuf += data
         self._advance(conn, now)
 
