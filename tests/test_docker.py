@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -747,3 +748,67 @@ def test_build_still_builds_when_the_base_image_fits(
         assert _probe_containers(engine) == []
     finally:
         engine.remove_image("hostcheck-ok:1.0")
+
+
+@pytest.mark.docker
+def test_run_serves_https_with_the_key_mounted_read_only(
+    built: Path,
+    engine: DockerEngine,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    stop_after: list[Path],
+) -> None:
+    from _tlscert import make_cert
+
+    cert, key = make_cert(tmp_path / "tls")
+    key.chmod(0o600)
+    code = main(
+        [
+            "run",
+            str(built),
+            "--detach",
+            "--port",
+            "0",
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ]
+    )
+    assert code != 0
+    assert "chmod 640" in capsys.readouterr().err
+    key.chmod(0o640)
+    stop_after.append(built)
+    code, out = cli_json(
+        [
+            "run",
+            str(built),
+            "--detach",
+            "--port",
+            "0",
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ],
+        capsys,
+    )
+    assert code == 0, out
+    uri = str(out["scoring_uri"])
+    assert uri.startswith("https://127.0.0.1:")
+    context = ssl.create_default_context(cafile=str(cert))
+    body = json.dumps({"data": ROWS}).encode()
+    req = urllib.request.Request(uri, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10, context=context) as r:
+        assert json.loads(r.read())["predictions"] == EXPECTED
+    data = engine._api.inspect_container(str(out["id"]))
+    mounts = {m["Destination"]: m for m in data["Mounts"]}
+    assert mounts["/opt/airgap/tls/key.pem"]["RW"] is False
+    assert mounts["/opt/airgap/tls/cert.pem"]["RW"] is False
+    # The image's own HEALTHCHECK speaks https too.
+    deadline = time.monotonic() + 60
+    while (health := engine.inspect(str(out["id"]))) and health.health == "starting":
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    assert health is not None and health.health == "healthy"
+    main(["stop", str(built)])

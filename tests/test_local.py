@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -514,3 +515,144 @@ def test_a_venv_stage_left_by_a_killed_serve_is_removed_later(tmp_path: Path) ->
     assert clean_stale_venv_stages(state) == [old]
     assert not old.exists()
     assert fresh.is_dir()  # another serve may still be building it
+
+
+# ---- process lifetime: whatever stops `airgap serve` stops its server -------------------
+
+
+def _server_pids(dest: Path) -> list[int]:
+    """Processes whose command line names DEST (the venv's python: master and workers)."""
+    pids = []
+    needle = str(dest).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _wait_no_server(dest: Path, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := _server_pids(dest)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "SIGKILL", "SIGINT twice"])
+def test_no_server_process_outlives_serve(make_dest: MakeDest, tmp_path: Path, how: str) -> None:
+    dest = make_dest()
+    port = free_port()
+    err = tmp_path / "cli.err"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bundler", "serve", str(dest), "--port", str(port), "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        stderr=err.open("w"),
+    )
+    try:
+        url = json.loads(_wait_line(proc))["url"]
+        assert len(_server_pids(dest)) >= 2  # master and worker, found by the DEST path
+        if how == "SIGINT twice":
+            # An in-flight request makes the graceful stop wait; the second Ctrl-C forces it.
+            slow = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    f"import urllib.request as u; u.urlopen(u.Request("
+                    f'\'{url}/score\', data=b\'{{"action": "sleep", "seconds": 30}}\'), '
+                    "timeout=60)",
+                ],
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(1.0)
+            assert proc.poll() is None  # still waiting for the request
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(20)
+            slow.kill()
+            slow.wait()
+            assert code == 130
+        else:
+            proc.send_signal(getattr(signal, how))
+            code = proc.wait(60)
+            assert code == (-signal.SIGKILL if how == "SIGKILL" else 0)
+        assert _wait_no_server(dest, 40) == []
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(60)
+        for pid in _server_pids(dest):
+            os.kill(pid, signal.SIGKILL)
+    text = err.read_text()
+    assert "Traceback" not in text, text
+    if how == "SIGINT twice":
+        assert "interrupted" in text
+
+
+def test_runtime_stops_when_the_parent_it_was_given_is_gone(tmp_path: Path) -> None:
+    # No death signal here: only the master's own watch of AIRGAP_PARENT_PID stops it.
+    port = free_port()
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(
+        textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        env = dict(os.environ, AIRGAP_PARENT_PID=str(os.getpid()),
+                   AZUREML_ENTRY_SCRIPT={str(HERE / "probe.py")!r},
+                   AZUREML_MODEL_DIR={str(MODEL_DIR)!r})
+        proc = subprocess.Popen([sys.executable, "-m", "bundler.runtime", "--port", "{port}",
+                                 "--host", "127.0.0.1"], env=env, start_new_session=True)
+        print(proc.pid, flush=True)
+        time.sleep(600)
+        """)
+    )
+    proc = subprocess.Popen([sys.executable, str(launcher)], stdout=subprocess.PIPE, text=True)
+    try:
+        server = int(_wait_line(proc))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if http("GET", f"http://127.0.0.1:{port}/", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and Path(f"/proc/{server}").exists():
+            if (Path(f"/proc/{server}") / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.1)
+        with pytest.raises(OSError):
+            http("GET", f"http://127.0.0.1:{port}/", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_local_server_serves_https_and_probes_health_over_it(dest: Path, tmp_path: Path) -> None:
+    import ssl
+
+    from _tlscert import make_cert
+
+    cert, key = make_cert(tmp_path / "tls")
+    server = LocalServer(
+        dest, port=free_port(), log=tmp_path / "server.log", tls_cert=cert, tls_key=key
+    )
+    with server:  # wait_healthy() succeeded over https
+        assert server.url.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(cert))
+        req = urllib.request.Request(server.url + "/score", data=b'{"action": "size"}')
+        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
+            assert json.loads(resp.read()) == {"size": 18}
+        with pytest.raises(OSError):
+            http("GET", server.url.replace("https:", "http:") + "/", timeout=5)
+    with pytest.raises(LocalRunnerError, match="both"):
+        LocalServer(dest, tls_cert=cert)

@@ -19,6 +19,7 @@ from entry_scripts.harness import HERE, MODEL_DIR, Server, http
 
 from bundler.runtime import config
 from bundler.runtime.server import gunicorn_options
+from bundler.runtime.worker import AirgapWorker
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "bundler" / "runtime"
 
@@ -684,7 +685,7 @@ def test_gunicorn_options_follow_settings(tmp_path: Path) -> None:
     assert options["workers"] == 4
     assert options["timeout"] == 9
     assert options["bind"] == ["[::1]:5001"]
-    assert options["worker_class"] == "sync"
+    assert options["worker_class"] is AirgapWorker
 
 
 def test_settings_defaults(tmp_path: Path) -> None:

@@ -80,6 +80,16 @@ python_option = click.option(
     "(it must be the bundle's Python version and implementation).",
 )
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+_PEM_FILE = click.Path(path_type=Path, dir_okay=False, exists=True)
+tls_cert_option = click.option(
+    "--tls-cert",
+    "tls_cert",
+    type=_PEM_FILE,
+    help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.",
+)
+tls_key_option = click.option(
+    "--tls-key", "tls_key", type=_PEM_FILE, help="The certificate's unencrypted PEM private key."
+)
 dest_arg = click.argument("dest", type=click.Path(path_type=Path, file_okay=False, exists=True))
 
 

@@ -15,6 +15,8 @@ from ._common import (
     json_option,
     python_option,
     recheck_trust,
+    tls_cert_option,
+    tls_key_option,
     to_stderr,
 )
 
@@ -121,6 +123,8 @@ def build_cmd(
 @click.option("--local", is_flag=True, help="No Docker: serve DEST with the local runner.")
 @recheck_trust
 @python_option
+@tls_cert_option
+@tls_key_option
 @json_option
 @funnel
 def run_cmd(
@@ -134,6 +138,8 @@ def run_cmd(
     local: bool,
     trust: tuple[Path, ...],
     python: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     as_json: bool,
 ) -> None:
     """Run an unpacked bundle's image and wait until it answers (isolated side).
@@ -147,9 +153,13 @@ def run_cmd(
     In mounted mode DEST/site-packages is re-checked against the signed manifest and
     mounted read-only; a file changed since unpack is refused (exit 3). Build the
     image first with `airgap build DEST`. Without Docker, use --local (airgap serve).
+    --tls-cert/--tls-key are mounted read-only (never copied into the image); the key
+    must be readable by its group, which the container's user joins.
     """
     if local:
-        _run_local(dest, port, bind, mode, detach, no_network, trust, python, as_json)
+        _run_local(
+            dest, port, bind, mode, detach, no_network, trust, python, as_json, tls_cert, tls_key
+        )
         return
     if python is not None:
         raise UsageError(
@@ -165,6 +175,8 @@ def run_cmd(
         network=not no_network,
         timeout=timeout,
         trust=trust or None,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     running = start(dest, options, on_log=to_stderr)
     if as_json:
@@ -208,6 +220,8 @@ def _run_local(
     trust: tuple[Path, ...],
     python: Path | None,
     as_json: bool,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
     """`run --local`: the local runner (bundler/local.py), in the foreground."""
     for given, flag in ((mode, "--mode"), (detach, "--detach"), (no_network, "--no-network")):
@@ -228,7 +242,14 @@ def _run_local(
             click.echo(f"serving {dest} locally at {url}/score (Ctrl-C stops)", err=True)
 
     serve_local(
-        dest, port=port, host=bind, trust=list(trust) or None, on_ready=ready, python=python
+        dest,
+        port=port,
+        host=bind,
+        trust=list(trust) or None,
+        on_ready=ready,
+        python=python,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
 
 

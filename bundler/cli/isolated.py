@@ -21,6 +21,8 @@ from ._common import (
     quiet_option,
     recheck_trust,
     summary,
+    tls_cert_option,
+    tls_key_option,
     trust_option,
 )
 
@@ -43,10 +45,19 @@ from ._common import (
 )
 @recheck_trust
 @python_option
+@tls_cert_option
+@tls_key_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line once healthy.")
 @funnel
 def serve_cmd(
-    dest: Path, port: int, host: str, trust: tuple[Path, ...], python: Path | None, as_json: bool
+    dest: Path,
+    port: int,
+    host: str,
+    trust: tuple[Path, ...],
+    python: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    as_json: bool,
 ) -> None:
     """Serve an unpacked bundle locally, without Docker (isolated side).
 
@@ -54,12 +65,15 @@ def serve_cmd(
     Example:
       airgap serve /srv/iris --port 5001      # Ctrl-C stops it
       curl -d '{"data": [[5.1, 3.5, 1.4, 0.2]]}' http://127.0.0.1:5001/score
+      airgap serve /srv/iris --tls-cert cert.pem --tls-key key.pem   # HTTPS
     DEST is re-checked against its signed manifest first (exit 3 if changed). The
     server runs in a virtualenv cached in DEST/.airgap/venv, made from a host Python
     of the bundle's version (or --python), with only the bundle's packages on its path.
     A bundle for another architecture, C library or Python is refused first (exit 1).
     No network is used. Environment variables such as WORKER_COUNT and
-    SCORING_TIMEOUT_MS pass through (see docs/runtime.md).
+    SCORING_TIMEOUT_MS pass through (see docs/runtime.md). SIGTERM, SIGHUP and
+    Ctrl-C stop it gracefully; a second Ctrl-C forces the stop (exit 130). The
+    server never outlives this command, even if it is killed.
     """
     from ..deploy.local import serve as serve_local
 
@@ -70,7 +84,14 @@ def serve_cmd(
             click.echo(f"serving {dest} at {url}/score (Ctrl-C stops)", err=True)
 
     serve_local(
-        dest, port=port, host=host, trust=list(trust) or None, on_ready=ready, python=python
+        dest,
+        port=port,
+        host=host,
+        trust=list(trust) or None,
+        on_ready=ready,
+        python=python,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
 
 

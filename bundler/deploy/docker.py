@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import ssl
 import tarfile
 import tempfile
 import time
@@ -35,6 +36,7 @@ from ..layout import (
     DOCKERFILE,
     DOCKERFILE_BAKED,
     IMAGE_PREFIX_MOUNT,
+    IMAGE_ROOT,
     IMAGE_SITE_MOUNT,
     IMAGE_WHEELS_MOUNT,
     MODEL_DIR,
@@ -48,12 +50,14 @@ from ..layout import (
 )
 from ..verify.tree import check_unpacked, open_regular
 from .dockerfile import (
+    IMAGE_USER,
     LABEL_REVISION,
     LABEL_VARIANT,
     REVISION_ARG,
     Variant,
     default_tag,
     dockerfile_base,
+    health_probe,
     variant_tag,
 )
 from .engine import (
@@ -76,11 +80,10 @@ DEFAULT_PORT: Final = 6789
 DEFAULT_START_TIMEOUT: Final = 300.0  # seconds; dynamic mode installs every wheel first
 _POLL: Final = 0.1  # seconds between readiness probes from the host
 _EXEC_POLL: Final = 0.25  # seconds between probes run inside an isolated container
-_PROBE: Final = (
-    "import sys, urllib.request as u; "
-    f"sys.exit(0 if u.urlopen('http://127.0.0.1:{SCORING_PORT}/', timeout=2).status == 200"
-    " else 1)"
-)
+_PROBE: Final = health_probe(2)
+# Where --tls-cert/--tls-key are mounted (read-only, never copied into a layer).
+IMAGE_TLS_CERT: Final = f"{IMAGE_ROOT}/tls/cert.pem"
+IMAGE_TLS_KEY: Final = f"{IMAGE_ROOT}/tls/key.pem"
 
 VariantChoice = Literal["auto", "normal", "baked", "all"]
 LineSink = Callable[[str], None]
@@ -353,6 +356,8 @@ class RunOptions:
     network: bool = True  # False: --network none, reachable only from inside (docker exec)
     timeout: float = DEFAULT_START_TIMEOUT  # seconds to wait for GET / to answer 200
     trust: Sequence[Path] | None = None  # None: the key that verified the bundle at unpack
+    tls_cert: Path | None = None  # PEM certificate chain: serve HTTPS (with tls_key)
+    tls_key: Path | None = None  # its PEM key, readable by its group (the container joins it)
 
 
 @dataclass(frozen=True)
@@ -434,9 +439,42 @@ def _probe_host(bind: str) -> str:
     return f"[{bind}]" if ":" in bind else bind
 
 
+def _tls_mounts(
+    options: RunOptions,
+) -> tuple[dict[str, str], tuple[BindMount, ...], tuple[int, ...]]:
+    """The environment, read-only file mounts and group for --tls-cert/--tls-key."""
+    if options.tls_cert is None and options.tls_key is None:
+        return {}, (), ()
+    if options.tls_cert is None or options.tls_key is None:
+        raise ContainerError(
+            "TLS needs both a certificate and its key", remedy="pass --tls-cert and --tls-key"
+        )
+    cert, key = Path(os.path.abspath(options.tls_cert)), Path(os.path.abspath(options.tls_key))
+    for path in (cert, key):
+        if not path.is_file():
+            raise ContainerError(f"no such file: {path}", remedy="check --tls-cert/--tls-key")
+    info = key.stat()
+    if not info.st_mode & 0o044:
+        # The server runs as an unprivileged user of its own: it joins the key's group.
+        raise ContainerError(
+            f"{key} is readable by its owner only, and the server in the container runs "
+            f"as user {IMAGE_USER}",
+            remedy=f"make it readable by its group, and only the group: chmod 640 {key}",
+        )
+    env = {"AIRGAP_TLS_CERT": IMAGE_TLS_CERT, "AIRGAP_TLS_KEY": IMAGE_TLS_KEY}
+    mounts = (BindMount(str(cert), IMAGE_TLS_CERT), BindMount(str(key), IMAGE_TLS_KEY))
+    return env, mounts, (info.st_gid,)
+
+
 def _http_ok(url: str) -> bool:
+    context = None
+    if url.startswith("https:"):
+        # Our own container's readiness; the certificate is for its clients to check.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - http to our container
+        with urllib.request.urlopen(url, timeout=2, context=context) as r:  # noqa: S310
             return bool(r.status == 200)
     except (OSError, urllib.error.URLError, http.client.HTTPException):
         # Refused, reset by the port proxy before the server listens, or not yet a 200.
@@ -509,6 +547,8 @@ def start(
     if _roots_for(mode):
         manifest = check_unpacked(dest, trust=options.trust, roots=_roots_for(mode))
     env, mounts = _run_env_and_mounts(dest, manifest, mode)
+    tls_env, tls_mounts, groups = _tls_mounts(options)
+    env, mounts = {**env, **tls_env}, mounts + tls_mounts
     eng = _connect(engine)
     image = _find_image(eng, manifest, "baked" if mode == "baked" else "normal")
     name = container_name(manifest, dest)
@@ -533,6 +573,7 @@ def start(
         mounts=mounts,
         port=PortBinding(SCORING_PORT, options.bind, options.port) if options.network else None,
         network=options.network,
+        groups=groups,
     )
     container = eng.run(spec)
     try:
@@ -540,7 +581,8 @@ def start(
         port = info.host_port if info else None
         if options.network and not port:
             raise ContainerError("the engine did not publish the scoring port")
-        base = f"http://{_probe_host(options.bind)}:{port}" if options.network else None
+        scheme = "https" if tls_env else "http"
+        base = f"{scheme}://{_probe_host(options.bind)}:{port}" if options.network else None
         info = _wait_healthy(eng, container, f"{base}/" if base else None, options.timeout, on_log)
     except BaseException:
         # Ctrl-C or a failed start: leave nothing running behind.

@@ -120,14 +120,26 @@ def rfc3339(epoch: int) -> str:
     return datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def health_probe(timeout: int) -> str:
+    """Python source that exits 0 when GET / on the server's port answers 200: over https when
+    the container has AIRGAP_TLS_CERT (the certificate is for clients to check; the probe of
+    our own server on loopback sends nothing secret and does not verify it)."""
+    return "\n".join(
+        [
+            "import os, sys, urllib.request as u",
+            f"url, ctx = 'http://127.0.0.1:{SCORING_PORT}/', None",
+            "if os.environ.get('AIRGAP_TLS_CERT'):",
+            "    import ssl",
+            "    url, ctx = 'https' + url[4:], ssl.create_default_context()",
+            "    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE",
+            f"sys.exit(0 if u.urlopen(url, timeout={timeout}, context=ctx).status == 200 else 1)",
+        ]
+    )
+
+
 def _healthcheck() -> str:
     # No curl in a minimal image: the base's own python3 asks GET / on the server's port.
-    probe = (
-        "import sys, urllib.request as u; "
-        f"sys.exit(0 if u.urlopen('http://127.0.0.1:{SCORING_PORT}/', timeout=4).status == 200"
-        " else 1)"
-    )
-    cmd = json.dumps(["python3", "-c", probe])
+    cmd = json.dumps(["python3", "-c", health_probe(4)])
     # start-period covers dynamic mode, which installs the wheels before it listens.
     return f"HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 CMD {cmd}"
 

@@ -57,6 +57,7 @@ class ContainerSpec:
     mounts: tuple[BindMount, ...] = ()
     port: PortBinding | None = None
     network: bool = True  # False: --network none (only loopback inside the container)
+    groups: tuple[int, ...] = ()  # supplementary group ids (to read a mounted TLS key)
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,7 @@ class DockerEngine:
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 init=True,
+                group_add=[str(g) for g in spec.groups] or None,
             )
             return str(container.id)
 

@@ -7,15 +7,19 @@ own trees are on its path: nothing from the host's site-packages, user site or P
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
 import shutil
 import signal
+import ssl
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -63,6 +67,9 @@ _RUNNER_OWNED: Final = frozenset(
         "AIRGAP_PREFIX",
         "AIRGAP_SITE_DIRS",
         "AIRGAP_PYTHON",
+        "AIRGAP_TLS_CERT",
+        "AIRGAP_TLS_KEY",
+        "AIRGAP_PARENT_PID",
         "VIRTUAL_ENV",
         "CONDA_PREFIX",
         "CONDA_DEFAULT_ENV",
@@ -317,6 +324,25 @@ def _client_host(host: str) -> str:
 
 # ---- the server process ----------------------------------------------------------------
 
+_PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn`` (Linux): the child gets SIGTERM, a graceful stop, when the thread
+    that started it dies, SIGKILL of this process included. Exits at once if ``parent`` is
+    already gone (it died between fork and prctl)."""
+
+    def preexec() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # not Linux: the runtime's own parent watch (AIRGAP_PARENT_PID) remains
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
 
 class LocalServer:
     """One scoring server for an unpacked DEST, as a child process.
@@ -342,8 +368,16 @@ class LocalServer:
         log: Path | None = None,
         environ: Mapping[str, str] | None = None,
         python: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
     ) -> None:
         self.dest = Path(os.path.abspath(dest))
+        if (tls_cert is None) != (tls_key is None):
+            raise LocalRunnerError(
+                "TLS needs both a certificate and its key", remedy="pass --tls-cert and --tls-key"
+            )
+        self.tls_cert = Path(os.path.abspath(tls_cert)) if tls_cert else None
+        self.tls_key = Path(os.path.abspath(tls_key)) if tls_key else None
         self.python = python  # None: search the host for the target's Python
         self.port = port
         self.host = host
@@ -357,7 +391,8 @@ class LocalServer:
     @property
     def url(self) -> str:
         """Base URL to reach the server from this machine, e.g. http://127.0.0.1:5001."""
-        return f"http://{_client_host(self.host)}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{_client_host(self.host)}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -384,6 +419,16 @@ class LocalServer:
             self.dest / Path(STATE_VENV).parent, interpreter, with_pip=manifest.mode == "dynamic"
         )
         env = scoring_environment(self.dest, manifest, self._environ)
+        if self.tls_cert is not None and self.tls_key is not None:
+            for path in (self.tls_cert, self.tls_key):
+                if not path.is_file():
+                    raise LocalRunnerError(
+                        f"no such file: {path}", remedy="check --tls-cert/--tls-key"
+                    )
+            env["AIRGAP_TLS_CERT"] = str(self.tls_cert)
+            env["AIRGAP_TLS_KEY"] = str(self.tls_key)
+        # The runtime's master watches this pid and stops when it is gone (runtime/server.py).
+        env["AIRGAP_PARENT_PID"] = str(os.getpid())
         return server_command(python, self.host, self.port), env
 
     def start(self) -> None:
@@ -395,6 +440,8 @@ class LocalServer:
         if self.log is not None:
             self.log.parent.mkdir(parents=True, exist_ok=True)
             out = self._log_file = self.log.open("ab")
+        # Death signal from the thread that forks: only the main thread lives as long as we do.
+        in_main = threading.current_thread() is threading.main_thread()
         try:
             # Own session: a terminal's Ctrl-C reaches only us, and we stop the server
             # gracefully; the process group lets stop() end stuck workers too.
@@ -408,6 +455,7 @@ class LocalServer:
                 stdout=out if out is not None else 2,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()) if in_main else None,
             )
         except OSError as e:
             self._close_log()
@@ -448,14 +496,25 @@ class LocalServer:
                     remedy="check that the port is free and init() finishes",
                 )
             try:
-                with urllib.request.urlopen(  # noqa: S310 - our own http:// URL
-                    self.url + "/", timeout=min(left, 5.0)
+                with urllib.request.urlopen(  # noqa: S310 - our own http(s):// URL
+                    self.url + "/", timeout=min(left, 5.0), context=self._probe_context()
                 ) as resp:
                     if resp.status == 200 and resp.read() == b"Healthy":
                         return
             except (OSError, urllib.error.URLError):
                 pass
             time.sleep(0.05)
+
+    def _probe_context(self) -> ssl.SSLContext | None:
+        """For the health probe over TLS: our own child on this host, and the probe sends
+        nothing secret, so the certificate (often for another name) is not verified."""
+        if self.tls_cert is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the server to exit on its own; return its exit status."""
@@ -478,6 +537,22 @@ class LocalServer:
                 # Only the group this runner created: the master and its workers.
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        self._close_log()
+        return proc.returncode
+
+    def kill(self, grace: float = 3.0) -> int | None:
+        """Stop now: gunicorn's quick shutdown (SIGINT), then SIGKILL to the whole group
+        after ``grace`` seconds. Running requests are cut off."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)  # workers left by a stuck master, too
+        proc.wait()
         self._close_log()
         return proc.returncode
 
@@ -510,15 +585,16 @@ class LocalServer:
 
 
 class _StopRequested(Exception):
-    """SIGINT or SIGTERM arrived while serving in the foreground."""
+    """SIGINT, SIGTERM or SIGHUP arrived while serving in the foreground."""
 
 
-_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP (a closed terminal, a dropped SSH session) stops like SIGTERM: never a reload.
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
 class _SignalGuard:
-    """Turns SIGINT and SIGTERM into an exception while the foreground server runs.
+    """Turns SIGINT, SIGTERM and SIGHUP into an exception while the foreground server runs.
 
     Set explicitly rather than relying on Python's default: a shell starts background jobs
     with SIGINT ignored, and then Ctrl-C-like stops would never reach us. Restored on exit.
@@ -548,8 +624,11 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
     ready_timeout: float = 120.0,
     python: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
-    """Serve DEST in the foreground until SIGINT (Ctrl-C) or SIGTERM, then stop gracefully.
+    """Serve DEST in the foreground until SIGINT (Ctrl-C), SIGTERM or SIGHUP, then stop
+    gracefully; a second such signal during the stop forces it (KeyboardInterrupt).
 
     ``on_ready(url)`` is called once the server answers. ``python`` is the interpreter to
     make the venv from (checked against the target) instead of searching the host. Used by
@@ -560,8 +639,17 @@ def serve(
         HostMismatchError: this host or ``python`` does not fit the bundle's target.
         LocalRunnerError: no matching Python, the environment or server failed, or the
             server exited on its own with a non-zero status.
+        KeyboardInterrupt: a second stop signal forced the stop (the server is gone).
     """
-    server = LocalServer(dest, port=port, host=host, trust=trust, python=python)
+    server = LocalServer(
+        dest,
+        port=port,
+        host=host,
+        trust=trust,
+        python=python,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
     with _SignalGuard():
         try:
             server.start()
@@ -570,7 +658,7 @@ def serve(
                 on_ready(server.url)
             code = server.wait()
         except (KeyboardInterrupt, _StopRequested):
-            server.stop()
+            _stop_or_force(server)
             return
         except BaseException:
             server.stop()
@@ -580,6 +668,18 @@ def serve(
             f"the scoring server exited with status {code}",
             remedy="see its log above",
         )
+
+
+def _stop_or_force(server: LocalServer) -> None:
+    """Graceful stop; a second SIGINT/SIGTERM/SIGHUP meanwhile forces it and raises
+    KeyboardInterrupt (the CLI prints "interrupted" and exits 130, no traceback)."""
+    try:
+        server.stop()
+    except (KeyboardInterrupt, _StopRequested):
+        for sig in _STOP_SIGNALS:  # a third press must not interrupt the forced stop
+            signal.signal(sig, signal.SIG_IGN)
+        server.kill()
+        raise KeyboardInterrupt from None
 
 
 __all__ = [

@@ -28,6 +28,17 @@ PORT = "AIRGAP_PORT"
 PREFIX = "AIRGAP_PREFIX"
 CORS_ORIGINS = "AML_CORS_ORIGINS"
 APP_ROOT = "AML_APP_ROOT"  # where /swagger.json looks for the user's swagger*.json files
+# Connection handling of the runtime's worker (worker.py); see docs/runtime.md.
+HEADER_TIMEOUT = "AIRGAP_HEADER_TIMEOUT"
+BODY_TIMEOUT = "AIRGAP_BODY_TIMEOUT"
+MIN_BODY_RATE = "AIRGAP_MIN_BODY_RATE"
+WRITE_TIMEOUT = "AIRGAP_WRITE_TIMEOUT"
+KEEPALIVE_TIMEOUT = "AIRGAP_KEEPALIVE_TIMEOUT"
+MAX_CONNECTIONS = "AIRGAP_MAX_CONNECTIONS"
+TLS_CERT = "AIRGAP_TLS_CERT"
+TLS_KEY = "AIRGAP_TLS_KEY"
+# Set by the local runner to its pid: the server stops when that process is gone.
+PARENT_PID = "AIRGAP_PARENT_PID"
 
 DEFAULT_PORT = 5001
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - a container's server must listen on all interfaces
@@ -47,6 +58,12 @@ def default_scoring_timeout_ms(worker_timeout: int) -> int:
 
 
 DEFAULT_MAX_REQUEST_BYTES = 100 * 1024 * 1024
+DEFAULT_HEADER_TIMEOUT = 10.0  # seconds from a request's first byte to its blank line
+DEFAULT_BODY_TIMEOUT = 10.0  # seconds of grace for the body, then MIN_BODY_RATE applies
+DEFAULT_MIN_BODY_RATE = 4096  # bytes/s: each 4 KiB received buys one more second
+DEFAULT_WRITE_TIMEOUT = 30.0  # seconds a client may go without reading any of its answer
+DEFAULT_KEEPALIVE_TIMEOUT = 5.0  # seconds an idle kept-alive connection stays open; 0: close
+DEFAULT_MAX_CONNECTIONS = 256  # open connections per worker; more get 503
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -72,6 +89,14 @@ class Settings:
     prefix: Path | None = None  # the bundle's prefix/ folder, when it has one
     cors_origins: str | None = None  # AML_CORS_ORIGINS as given; None leaves CORS off
     app_root: Path | None = None  # AML_APP_ROOT; None: the working directory
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT  # seconds
+    body_timeout: float = DEFAULT_BODY_TIMEOUT  # seconds before MIN_BODY_RATE is enforced
+    min_body_rate: int = DEFAULT_MIN_BODY_RATE  # bytes per second; 0 turns the rate off
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT  # seconds without progress writing an answer
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT  # seconds; 0: Connection: close
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # per worker
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key turns TLS on
+    tls_key: Path | None = None  # PEM private key
 
     @property
     def bind(self) -> str:
@@ -91,6 +116,36 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not value >= minimum or value == float("inf"):
+        raise ConfigError(f"{name}={raw} must be a finite number of seconds >= {minimum:g}")
+    return value
+
+
+def _tls_files(env: Mapping[str, str], cwd: Path) -> tuple[Path | None, Path | None]:
+    raw_cert = env.get(TLS_CERT, "").strip()
+    raw_key = env.get(TLS_KEY, "").strip()
+    if bool(raw_cert) != bool(raw_key):
+        raise ConfigError(
+            f"set both {TLS_CERT} and {TLS_KEY} (a certificate and its key), or neither"
+        )
+    if not raw_cert:
+        return None, None
+    cert = _resolve(raw_cert, cwd).absolute()
+    key = _resolve(raw_key, cwd).absolute()
+    for name, raw, path in ((TLS_CERT, raw_cert, cert), (TLS_KEY, raw_key, key)):
+        if not path.is_file():
+            raise ConfigError(f"{name}={raw}: no such file ({path})")
+    return cert, key
 
 
 def _port(env: Mapping[str, str]) -> int:
@@ -166,6 +221,7 @@ def load_settings(env: Mapping[str, str], cwd: Path) -> Settings:
 
     worker_timeout = _int(env, WORKER_TIMEOUT, DEFAULT_WORKER_TIMEOUT, 1)
     raw_root = env.get(APP_ROOT, "").strip()
+    tls_cert, tls_key = _tls_files(env, cwd)
     return Settings(
         entry_script=entry,
         model_dir=model_dir,
@@ -183,4 +239,12 @@ def load_settings(env: Mapping[str, str], cwd: Path) -> Settings:
         prefix=prefix,
         cors_origins=env.get(CORS_ORIGINS, "").strip() or None,
         app_root=_resolve(raw_root, cwd).absolute() if raw_root else None,
+        header_timeout=_seconds(env, HEADER_TIMEOUT, DEFAULT_HEADER_TIMEOUT, 0.1),
+        body_timeout=_seconds(env, BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT, 0.1),
+        min_body_rate=_int(env, MIN_BODY_RATE, DEFAULT_MIN_BODY_RATE, 0),
+        write_timeout=_seconds(env, WRITE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, 0.1),
+        keepalive_timeout=_seconds(env, KEEPALIVE_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, 0),
+        max_connections=_int(env, MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, 1),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )

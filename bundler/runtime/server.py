@@ -6,7 +6,11 @@ import argparse
 import logging
 import os
 import shutil
+import signal
+import ssl
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +28,11 @@ from .entry import (
     load_entry_script,
 )
 from .swagger import ServiceInfo, SwaggerDocs
+from .tls import server_context
+from .worker import AirgapWorker
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from .app import ScoringApp
     from .config import Settings
@@ -44,8 +50,10 @@ class ScoringServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
     """gunicorn, configured from Settings; each worker imports the entry script and calls
     init() before it accepts its first connection."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
+        # Read by each AirgapWorker (with settings): the TLS handshake happens in the worker.
+        self.ssl_context = ssl_context
         super().__init__()
 
     def load_config(self) -> None:
@@ -87,9 +95,11 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "bind": [settings.bind],
         "workers": settings.workers,
-        # sync workers: run() executes in the worker's main thread, which the SIGALRM-based
-        # scoring timeout needs, and CPU-bound scoring gains nothing from threads.
-        "worker_class": "sync",
+        # One thread per worker: run() executes in the worker's main thread, which the
+        # SIGALRM-based scoring timeout needs, and CPU-bound scoring gains nothing from
+        # threads. Unlike gunicorn's sync worker, AirgapWorker multiplexes its connections, so
+        # slow clients cannot stall it (worker.py).
+        "worker_class": AirgapWorker,
         "timeout": settings.worker_timeout,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "errorlog": "-",
@@ -105,6 +115,27 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     if tmp:
         options["worker_tmp_dir"] = tmp
     return options
+
+
+def _watch_parent(env: Mapping[str, str]) -> bool:
+    """With AIRGAP_PARENT_PID set (by the local runner), stop gracefully once that process is
+    gone: a daemon thread of the master polls its parent every second and sends the master
+    SIGTERM. False if the parent is gone already."""
+    raw = env.get(config.PARENT_PID, "").strip()
+    if not raw.isdigit():
+        return True
+    parent = int(raw)
+    if os.getppid() != parent:
+        return False
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        log.warning("the process that started the server (%d) is gone: stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="airgap-parent-watch", daemon=True).start()
+    return True
 
 
 def _add_toplevel_path() -> None:
@@ -163,10 +194,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.critical("configuration error: %s", e)
         return EXIT_CONFIG
     _setup_logging(settings.log_level)
+    ssl_context: ssl.SSLContext | None = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            ssl_context = server_context(settings.tls_cert, settings.tls_key)
+        except config.ConfigError as e:
+            log.critical("configuration error: %s", e)
+            return EXIT_CONFIG
     if settings.model_dir is not None:
         # The entry script reads it from the environment: hand it the absolute path.
         os.environ[config.MODEL_DIR] = str(settings.model_dir)
 
+    if not _watch_parent(os.environ):
+        log.critical("the process that started the server is gone: not starting")
+        return EXIT_CONFIG
     master = os.getpid()
     requirements_dir: str | None = None
     try:
@@ -181,15 +222,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _add_toplevel_path()
         log.info("%s", environment_summary())
         log.info(
-            "serving %s on %s with %d worker(s); scoring timeout %s, max request %d bytes",
+            "serving %s on %s%s with %d worker(s); scoring timeout %s, max request %d bytes",
             settings.entry_script,
+            "https://" if ssl_context is not None else "http://",
             settings.bind,
             settings.workers,
             f"{settings.scoring_timeout_ms} ms" if settings.scoring_timeout_ms else "off",
             settings.max_request_bytes,
         )
         try:
-            ScoringServer(settings).run()
+            ScoringServer(settings, ssl_context).run()
         except SystemExit as e:
             # gunicorn's arbiter (and each forked worker) leaves through sys.exit.
             code = e.code

@@ -31,6 +31,10 @@ def run(raw_data):
         while time.time() < end:
             pass
         return {"busy": request["seconds"]}
+    if action == "exit":
+        raise SystemExit(request.get("code", 3))
+    if action == "interrupt":
+        raise KeyboardInterrupt
     if action == "fail":
         raise ValueError(request.get("message", "probe failure"))
     if action == "import":
