@@ -8,11 +8,13 @@ import click
 
 from ..errors import BundleError, UsageError
 from ._common import (
+    auth_key_file_option,
     cli,
     dest_arg,
     emit_json,
     funnel,
     json_option,
+    metrics_port_option,
     python_option,
     recheck_trust,
     to_stderr,
@@ -121,6 +123,8 @@ def build_cmd(
 @click.option("--local", is_flag=True, help="No Docker: serve DEST with the local runner.")
 @recheck_trust
 @python_option
+@auth_key_file_option
+@metrics_port_option
 @json_option
 @funnel
 def run_cmd(
@@ -134,6 +138,8 @@ def run_cmd(
     local: bool,
     trust: tuple[Path, ...],
     python: Path | None,
+    auth_key_file: Path | None,
+    metrics_port: int | None,
     as_json: bool,
 ) -> None:
     """Run an unpacked bundle's image and wait until it answers (isolated side).
@@ -147,9 +153,28 @@ def run_cmd(
     In mounted mode DEST/site-packages is re-checked against the signed manifest and
     mounted read-only; a file changed since unpack is refused (exit 3). Build the
     image first with `airgap build DEST`. Without Docker, use --local (airgap serve).
+    --auth-key-file FILE is mounted read-only at /run/secrets/airgap-auth-keys (it
+    must belong to uid 10001, the image's user); --metrics-port publishes the
+    metrics on 127.0.0.1 only.
     """
+    if metrics_port is not None and metrics_port == port:
+        raise UsageError(
+            f"--metrics-port {metrics_port} is the scoring port too", remedy="choose another port"
+        )
     if local:
-        _run_local(dest, port, bind, mode, detach, no_network, trust, python, as_json)
+        _run_local(
+            dest,
+            port,
+            bind,
+            mode,
+            detach,
+            no_network,
+            trust,
+            python,
+            as_json,
+            auth_key_file=auth_key_file,
+            metrics_port=metrics_port,
+        )
         return
     if python is not None:
         raise UsageError(
@@ -165,6 +190,8 @@ def run_cmd(
         network=not no_network,
         timeout=timeout,
         trust=trust or None,
+        auth_key_file=auth_key_file,
+        metrics_port=metrics_port,
     )
     running = start(dest, options, on_log=to_stderr)
     if as_json:
@@ -177,6 +204,7 @@ def run_cmd(
                 "mode": running.mode,
                 "port": running.host_port,
                 "scoring_uri": running.scoring_uri,
+                "metrics_uri": running.metrics_uri,
                 "seconds": round(running.seconds, 3),
                 "detached": detach,
             }
@@ -187,6 +215,8 @@ def run_cmd(
         )
         click.echo(f"{running.name} ({running.mode}) healthy after {running.seconds:.1f}s")
         click.echo(f"scoring URI: {where}")
+        if running.metrics_uri:
+            click.echo(f"metrics: {running.metrics_uri}")
     if detach:
         if not as_json:
             click.echo(f"stop it with: airgap stop {dest}")
@@ -208,6 +238,9 @@ def _run_local(
     trust: tuple[Path, ...],
     python: Path | None,
     as_json: bool,
+    *,
+    auth_key_file: Path | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """`run --local`: the local runner (bundler/local.py), in the foreground."""
     for given, flag in ((mode, "--mode"), (detach, "--detach"), (no_network, "--no-network")):
@@ -228,7 +261,14 @@ def _run_local(
             click.echo(f"serving {dest} locally at {url}/score (Ctrl-C stops)", err=True)
 
     serve_local(
-        dest, port=port, host=bind, trust=list(trust) or None, on_ready=ready, python=python
+        dest,
+        port=port,
+        host=bind,
+        trust=list(trust) or None,
+        on_ready=ready,
+        python=python,
+        auth_key_file=auth_key_file,
+        metrics_port=metrics_port,
     )
 
 

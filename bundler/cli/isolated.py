@@ -7,15 +7,18 @@ from pathlib import Path
 
 import click
 
+from ..errors import UsageError
 from ..formats.manifest import Manifest
 from ..verify.unpack import unpack as unpack_bundle
 from ..verify.unpack import verify as verify_bundle
 from ._common import (
+    auth_key_file_option,
     cli,
     dest_arg,
     emit_json,
     funnel,
     json_option,
+    metrics_port_option,
     progress,
     python_option,
     quiet_option,
@@ -43,10 +46,19 @@ from ._common import (
 )
 @recheck_trust
 @python_option
+@auth_key_file_option
+@metrics_port_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line once healthy.")
 @funnel
 def serve_cmd(
-    dest: Path, port: int, host: str, trust: tuple[Path, ...], python: Path | None, as_json: bool
+    dest: Path,
+    port: int,
+    host: str,
+    trust: tuple[Path, ...],
+    python: Path | None,
+    auth_key_file: Path | None,
+    metrics_port: int | None,
+    as_json: bool,
 ) -> None:
     """Serve an unpacked bundle locally, without Docker (isolated side).
 
@@ -60,6 +72,9 @@ def serve_cmd(
     A bundle for another architecture, C library or Python is refused first (exit 1).
     No network is used. Environment variables such as WORKER_COUNT and
     SCORING_TIMEOUT_MS pass through (see docs/runtime.md).
+    --auth-key-file makes every route but GET / and OPTIONS ask for
+    "Authorization: Bearer <key>"; --metrics-port serves Prometheus metrics on
+    HOST:PORT/metrics.
     """
     from ..deploy.local import serve as serve_local
 
@@ -69,8 +84,19 @@ def serve_cmd(
         else:
             click.echo(f"serving {dest} at {url}/score (Ctrl-C stops)", err=True)
 
+    if metrics_port is not None and metrics_port == port:
+        raise UsageError(
+            f"--metrics-port {metrics_port} is the scoring port too", remedy="choose another port"
+        )
     serve_local(
-        dest, port=port, host=host, trust=list(trust) or None, on_ready=ready, python=python
+        dest,
+        port=port,
+        host=host,
+        trust=list(trust) or None,
+        on_ready=ready,
+        python=python,
+        auth_key_file=auth_key_file,
+        metrics_port=metrics_port,
     )
 
 

@@ -47,7 +47,9 @@ from ..layout import (
     PackageMode,
 )
 from ..verify.tree import check_unpacked, open_regular
+from .authkeys import CONTAINER_KEY_PATH, check_container_key_file
 from .dockerfile import (
+    IMAGE_USER,
     LABEL_REVISION,
     LABEL_VARIANT,
     REVISION_ARG,
@@ -66,6 +68,9 @@ from .engine import (
 )
 from .hostcheck import require as require_host
 from .hostprobe import engine_facts, image_facts
+
+# The runtime's metrics port inside the container (published on the host's --metrics-port).
+CONTAINER_METRICS_PORT: Final = 9464
 
 # Container labels: `airgap stop DEST` finds the container by the DEST path it serves.
 LABEL_DEST: Final = "airgap-bundler.dest"
@@ -353,6 +358,10 @@ class RunOptions:
     network: bool = True  # False: --network none, reachable only from inside (docker exec)
     timeout: float = DEFAULT_START_TIMEOUT  # seconds to wait for GET / to answer 200
     trust: Sequence[Path] | None = None  # None: the key that verified the bundle at unpack
+    # Key auth: the file is bind-mounted read-only at CONTAINER_KEY_PATH (never copied into
+    # an environment variable or a layer). It must belong to the image's user (IMAGE_USER).
+    auth_key_file: Path | None = None
+    metrics_port: int | None = None  # host port for the metrics, published on 127.0.0.1
 
 
 @dataclass(frozen=True)
@@ -367,6 +376,7 @@ class Running:
     host_port: int | None
     scoring_uri: str | None  # None with --network none
     seconds: float  # from the call to the first healthy answer
+    metrics_uri: str | None = None  # with --metrics-port (and a network)
 
 
 def container_name(manifest: Manifest, dest: Path) -> str:
@@ -410,6 +420,25 @@ def _run_env_and_mounts(
             mounts.append(BindMount(str(dest / PREFIX_DIR), IMAGE_PREFIX_MOUNT))
         return {}, tuple(mounts)
     return {}, ()
+
+
+def _auth_and_metrics(
+    options: RunOptions,
+) -> tuple[dict[str, str], tuple[BindMount, ...], tuple[PortBinding, ...]]:
+    """The environment, mounts and extra ports for --auth-key-file and --metrics-port: the
+    key file's path only (the key is read inside the container from the read-only mount)."""
+    env: dict[str, str] = {}
+    mounts: tuple[BindMount, ...] = ()
+    ports: tuple[PortBinding, ...] = ()
+    if options.auth_key_file is not None:
+        source = check_container_key_file(options.auth_key_file, IMAGE_USER)
+        env["AIRGAP_AUTH_KEY_FILE"] = CONTAINER_KEY_PATH
+        mounts = (BindMount(str(source), CONTAINER_KEY_PATH),)
+    if options.metrics_port is not None:
+        env["AIRGAP_METRICS_PORT"] = str(CONTAINER_METRICS_PORT)
+        # Loopback only: metrics tell a lot about the model and carry no auth of their own.
+        ports = (PortBinding(CONTAINER_METRICS_PORT, "127.0.0.1", options.metrics_port),)
+    return env, mounts, ports
 
 
 def _find_image(engine: Engine, manifest: Manifest, variant: Variant) -> str:
@@ -509,6 +538,8 @@ def start(
     if _roots_for(mode):
         manifest = check_unpacked(dest, trust=options.trust, roots=_roots_for(mode))
     env, mounts = _run_env_and_mounts(dest, manifest, mode)
+    secure_env, secure_mounts, extra_ports = _auth_and_metrics(options)
+    env, mounts = {**env, **secure_env}, mounts + secure_mounts
     eng = _connect(engine)
     image = _find_image(eng, manifest, "baked" if mode == "baked" else "normal")
     name = container_name(manifest, dest)
@@ -533,6 +564,7 @@ def start(
         mounts=mounts,
         port=PortBinding(SCORING_PORT, options.bind, options.port) if options.network else None,
         network=options.network,
+        extra_ports=extra_ports,
     )
     container = eng.run(spec)
     try:
@@ -556,6 +588,11 @@ def start(
         host_port=info.host_port,
         scoring_uri=f"{base}/score" if base else None,
         seconds=time.monotonic() - began,
+        metrics_uri=(
+            f"http://127.0.0.1:{options.metrics_port}/metrics"
+            if options.metrics_port is not None and options.network
+            else None
+        ),
     )
 
 

@@ -42,6 +42,7 @@ from ..layout import (
     WHEELS_REQUIREMENTS,
 )
 from ..verify.tree import check_unpacked
+from .authkeys import check_key_file
 from .hostcheck import require as require_host
 from .hostprobe import interpreter_at, this_host
 
@@ -342,8 +343,13 @@ class LocalServer:
         log: Path | None = None,
         environ: Mapping[str, str] | None = None,
         python: Path | None = None,
+        auth_key_file: Path | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.dest = Path(os.path.abspath(dest))
+        # Checked before any venv work; only the path reaches the server (never the key).
+        self.auth_key_file = check_key_file(auth_key_file) if auth_key_file else None
+        self.metrics_port = metrics_port
         self.python = python  # None: search the host for the target's Python
         self.port = port
         self.host = host
@@ -384,6 +390,10 @@ class LocalServer:
             self.dest / Path(STATE_VENV).parent, interpreter, with_pip=manifest.mode == "dynamic"
         )
         env = scoring_environment(self.dest, manifest, self._environ)
+        if self.auth_key_file is not None:
+            env["AIRGAP_AUTH_KEY_FILE"] = str(self.auth_key_file)
+        if self.metrics_port is not None:
+            env["AIRGAP_METRICS_PORT"] = str(self.metrics_port)
         return server_command(python, self.host, self.port), env
 
     def start(self) -> None:
@@ -548,11 +558,14 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
     ready_timeout: float = 120.0,
     python: Path | None = None,
+    auth_key_file: Path | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Serve DEST in the foreground until SIGINT (Ctrl-C) or SIGTERM, then stop gracefully.
 
     ``on_ready(url)`` is called once the server answers. ``python`` is the interpreter to
-    make the venv from (checked against the target) instead of searching the host. Used by
+    make the venv from (checked against the target) instead of searching the host.
+    ``auth_key_file`` turns on key auth, ``metrics_port`` the metrics port. Used by
     `airgap serve` and `airgap run --local`; must run in the main thread (it handles SIGTERM).
 
     Raises:
@@ -560,8 +573,17 @@ def serve(
         HostMismatchError: this host or ``python`` does not fit the bundle's target.
         LocalRunnerError: no matching Python, the environment or server failed, or the
             server exited on its own with a non-zero status.
+        AuthKeyFileError: the key file cannot be used (nothing was started).
     """
-    server = LocalServer(dest, port=port, host=host, trust=trust, python=python)
+    server = LocalServer(
+        dest,
+        port=port,
+        host=host,
+        trust=trust,
+        python=python,
+        auth_key_file=auth_key_file,
+        metrics_port=metrics_port,
+    )
     with _SignalGuard():
         try:
             server.start()
