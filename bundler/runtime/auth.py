@@ -39,9 +39,17 @@ class KeyFileError(Exception):
 
 @dataclass(frozen=True)
 class _Signature:
+    """What changes when the file is rewritten (in place or by a rename) or its mode changed."""
+
     inode: int
     size: int
     mtime_ns: int
+    ctime_ns: int
+    mode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> _Signature:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
 def _digest(key: bytes) -> bytes:
@@ -117,7 +125,7 @@ def read_key_file(path: str) -> tuple[tuple[str, ...], _Signature]:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         raise KeyFileError(f"{path}: a key must be printable ASCII without spaces") from None
-    return parse_keys(text, path), _Signature(st.st_ino, st.st_size, st.st_mtime_ns)
+    return parse_keys(text, path), _Signature.of(st)
 
 
 class KeyAuth:
@@ -145,7 +153,7 @@ class KeyAuth:
         except OSError as e:
             self._report(None, f"{self.path}: cannot read the key file: {e.strerror}")
             return
-        current = _Signature(st.st_ino, st.st_size, st.st_mtime_ns)
+        current = _Signature.of(st)
         if current == self._signature:
             return
         try:
