@@ -178,3 +178,32 @@ def test_cli_serve_refuses_a_metrics_port_equal_to_the_scoring_port(dest: Path) 
     )
     assert proc.returncode == 2
     assert "--metrics-port 5011 is the scoring port too" in proc.stderr
+
+
+def test_cli_run_local_passes_the_key_file_and_metrics_port(dest: Path, tmp_path: Path) -> None:
+    key = secrets.token_urlsafe(32)
+    keys = _key_file(tmp_path, key)
+    port, metrics_port = free_port(), free_port()
+    cmd = [
+        *(sys.executable, "-m", "bundler", "run", str(dest), "--local", "--port", str(port)),
+        *("--auth-key-file", str(keys), "--metrics-port", str(metrics_port), "--json"),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL)
+    try:
+        text = _wait_line(proc)
+        while not text.startswith("{") or not text.rstrip().endswith("}"):
+            assert proc.stdout is not None
+            text += proc.stdout.readline()  # the rest of the indented JSON, already buffered
+        uri = json.loads(text)["scoring_uri"]
+        payload = json.dumps({"action": "sleep", "seconds": 0}).encode()
+        assert http("POST", uri, payload)[0] == 401
+        assert http("POST", uri, payload, {"Authorization": f"Bearer {key}"})[0] == 200
+        status, _, body = http("GET", f"http://127.0.0.1:{metrics_port}/metrics")
+        assert status == 200
+        assert b'airgap_requests_total{method="POST",route="/score",status="200"} 1.0' in body
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(60)
