@@ -155,6 +155,11 @@ class LocalRunnerError(BundleError):
     """The local runner could not create its environment or start the server."""
 
 
+class AuthKeyFileError(UsageError):
+    """The scoring server's key file (--auth-key-file) cannot be used: missing, readable by
+    others, or holding no acceptable key. The message never contains a key."""
+
+
 class HostMismatchError(BundleError):
     """The host, interpreter or base image does not fit the bundle's target platform/Python.
 

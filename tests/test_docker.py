@@ -13,6 +13,7 @@ import importlib.metadata
 import io
 import json
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 import zipfile
@@ -182,7 +184,7 @@ def tiny_files(base_digest: str | None, *, base_ref: str = BASE_REF) -> Files:
     files["wheels/requirements.txt"] = (b"tinylib==1.0\n", 0o644)
     for py in sorted((REPO / "bundler" / "runtime").glob("*.py")):
         files[f"runtime/airgap_runtime/{py.name}"] = (py.read_bytes(), 0o644)
-    for dist in ("gunicorn", "packaging"):
+    for dist in ("gunicorn", "packaging", "prometheus_client"):
         files.update(_installed(dist, "runtime/lib"))
     spec = DockerfileSpec(
         name="tiny-model",
@@ -812,3 +814,87 @@ def test_run_serves_https_with_the_key_mounted_read_only(
         time.sleep(1)
     assert health is not None and health.health == "healthy"
     main(["stop", str(built)])
+
+
+# ---- key auth and metrics in the container --------------------------------------------------
+
+
+def _http(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.mark.docker
+def test_run_with_auth_key_file_mounts_it_read_only_and_publishes_metrics_on_loopback(
+    built: Path,
+    engine: DockerEngine,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    stop_after: list[Path],
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving the key file to the image's user (uid 10001) needs root")
+    key, next_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    keys = tmp_path / "endpoint-keys"
+    keys.write_text(f"{key}\n")
+    keys.chmod(0o600)
+    # Owned by another user than the image's: refused before any container, with the remedy.
+    assert main(["run", str(built), "--detach", "--port", "0", "--auth-key-file", str(keys)]) == 2
+    err = capsys.readouterr().err
+    assert f"chown 10001:10001 {keys}" in err and key not in err
+    assert engine.containers_with_labels({LABEL_DEST: str(built)}) == []
+
+    os.chown(keys, 10001, 10001)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics_port = s.getsockname()[1]
+    stop_after.append(built)
+    args = ["run", str(built), "--detach", "--port", "0", "--auth-key-file", str(keys)]
+    code, out = cli_json([*args, "--metrics-port", str(metrics_port)], capsys)
+    assert code == 0, out
+    uri = str(out["scoring_uri"])
+    body = json.dumps({"data": ROWS}).encode()
+    assert _http("POST", uri, body)[0] == 401
+    status, answer = _http("POST", uri, body, {"Authorization": f"Bearer {key}"})
+    assert status == 200 and json.loads(answer)["predictions"] == EXPECTED
+    assert _http("GET", uri.rsplit("/", 1)[0] + "/")[0] == 200  # probes need no key
+
+    # Rotation through the read-only mount: rewrite the file in place (same inode).
+    with keys.open("w") as f:
+        f.write(f"{key}\n{next_key}\n")
+    deadline = time.monotonic() + 10
+    while _http("POST", uri, body, {"Authorization": f"Bearer {next_key}"})[0] != 200:
+        assert time.monotonic() < deadline, "the new key was never accepted"
+        time.sleep(0.2)
+
+    assert out["metrics_uri"] == f"http://127.0.0.1:{metrics_port}/metrics"
+    status, text = _http("GET", str(out["metrics_uri"]))
+    assert status == 200
+    # One with the first key, one with the next once it was read (the 401s vary).
+    assert b'airgap_requests_total{method="POST",route="/score",status="200"} 2.0' in text
+
+    info = engine._api.inspect_container(str(out["id"]))
+    env = info["Config"]["Env"]
+    assert "AIRGAP_AUTH_KEY_FILE=/run/secrets/airgap-auth-keys" in env
+    assert "AIRGAP_METRICS_PORT=9464" in env
+    mounts = [m for m in info["Mounts"] if m["Destination"] == "/run/secrets/airgap-auth-keys"]
+    assert [(m["Type"], m["Source"], m["RW"]) for m in mounts] == [("bind", str(keys), False)]
+    bindings = info["HostConfig"]["PortBindings"]["9464/tcp"]
+    assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(metrics_port)}]
+    assert out["port"] != metrics_port  # the scoring port is still the one reported
+    # The key is in no environment, no layer, no image setting and no log line.
+    image = str(info["Image"])
+    inspected = json.dumps([info, engine._api.inspect_image(image)])
+    history = json.dumps(engine._api.history(image))
+    logs = engine.logs(str(out["id"]))
+    for secret in (key, next_key):
+        assert secret not in inspected and secret not in history and secret not in logs
+    assert "key auth on" in logs
+    code, _ = cli_json(["stop", str(built)], capsys)
+    assert code == 0

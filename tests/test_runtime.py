@@ -637,6 +637,13 @@ def test_runtime_imports_only_stdlib_gunicorn_and_itself() -> None:
     for path in sorted(RUNTIME_DIR.glob("*.py")):
         if path.name == "rawhttp.py":  # the one module that uses werkzeug, imported lazily
             continue
+        if path.name == "metrics.py":
+            # prometheus_client, only inside functions: importing metrics.py loads none of it.
+            top = [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.ImportFrom)]
+            assert all((n.module or "").split(".")[0] != "prometheus_client" for n in top)
+            allowed_here = allowed | {"prometheus_client"}
+        else:
+            allowed_here = allowed
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 roots = [alias.name.split(".")[0] for alias in node.names]
@@ -644,7 +651,7 @@ def test_runtime_imports_only_stdlib_gunicorn_and_itself() -> None:
                 roots = [(node.module or "").split(".")[0]]
             else:
                 continue
-            assert set(roots) <= allowed, f"{path.name} imports {roots}"
+            assert set(roots) <= allowed_here, f"{path.name} imports {roots}"
 
 
 def test_copied_runtime_runs_as_airgap_runtime(tmp_path: Path) -> None:

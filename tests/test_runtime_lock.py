@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from entry_scripts.harness import HERE, MODEL_DIR, Server, http
+from entry_scripts.harness import HERE, MODEL_DIR, Server, free_port, http
 
 from bundler.deploy.local import ensure_venv
 from bundler.errors import BundleError, LocalRunnerError
@@ -33,12 +33,25 @@ def test_lock_is_pinned_and_hashed() -> None:
                 assert "==" in requirement, requirement
                 names.append(requirement.split("==")[0])
     # MarkupSafe twice: its last Python 3.8 release and a current one, with exclusive markers.
-    assert sorted(names) == ["gunicorn", "markupsafe", "markupsafe", "packaging", "werkzeug"]
+    assert sorted(names) == [
+        "gunicorn",
+        "markupsafe",
+        "markupsafe",
+        "packaging",
+        "prometheus-client",
+        "werkzeug",
+    ]
     assert LOCK.read_text().count("--hash=sha256:") >= 2 * len(names)
     for version in ("3.8", "3.9", "3.13"):
         target = Target.create(version, ["manylinux_2_17_x86_64"])
         picked = {r.name: r for r in for_target(parse_lock(LOCK), target)}
-        assert sorted(picked) == ["gunicorn", "markupsafe", "packaging", "werkzeug"]
+        assert sorted(picked) == [
+            "gunicorn",
+            "markupsafe",
+            "packaging",
+            "prometheus-client",
+            "werkzeug",
+        ]
         assert picked["markupsafe"].pin() == (
             "markupsafe==2.1.5" if version == "3.8" else "markupsafe==3.0.3"
         )
@@ -55,7 +68,7 @@ def _runtime_lib(cache: Path, dest: Path, version: str) -> Path:
         pytest.skip(f"cannot download the locked wheels: {e}")
     build_site_tree(wheels, target, dest)
     names = sorted(p.name.split("-")[0].lower() for p in dest.glob("*.dist-info"))
-    assert names == ["gunicorn", "markupsafe", "packaging", "werkzeug"]
+    assert names == ["gunicorn", "markupsafe", "packaging", "prometheus_client", "werkzeug"]
     # Only MarkupSafe's optional speedups are compiled; everything else is pure Python.
     compiled = [p for p in dest.rglob("*") if p.suffix in (".so", ".pyd")]
     assert all(p.relative_to(dest).parts[0] == "markupsafe" for p in compiled), compiled
@@ -86,12 +99,15 @@ def test_shipped_runtime_serves_on_target_python(
     _runtime_lib(tmp_path_factory.getbasetemp() / "wheel-cache", runtime / "lib", version)
     base = {"PATH": "/usr/bin:/bin"}
     answers = {}
+    metrics_port = free_port()
     for script in ("reads_headers.py", "raw_image.py"):
         env = {
             "AZUREML_ENTRY_SCRIPT": str(HERE / script),
             "AZUREML_MODEL_DIR": str(MODEL_DIR),
             "PYTHONPATH": f"{runtime}:{runtime / 'lib'}",
             "SCORING_TIMEOUT_MS": "5000",
+            # prometheus_client from runtime/lib, in multiprocess mode, on this target's Python.
+            "AIRGAP_METRICS_PORT": str(metrics_port) if script == "raw_image.py" else "",
         }
         server = Server(
             tmp_path, env, module="airgap_runtime", python=str(python), cwd=tmp_path, base_env=base
@@ -105,6 +121,10 @@ def test_shipped_runtime_serves_on_target_python(
                     b"\x00\xffraw",
                     {"Content-Type": "application/octet-stream"},
                 )
+                metrics = http("GET", f"http://127.0.0.1:{metrics_port}/metrics")[2].decode()
+                assert 'airgap_requests_total{method="POST",route="/score",status="200"} 1.0' in (
+                    metrics
+                ), metrics
             else:
                 answers[script] = server.score(b'{"x": 1}', {"X-Custom-Header": "v"})
         finally:

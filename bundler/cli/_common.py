@@ -90,6 +90,17 @@ tls_cert_option = click.option(
 tls_key_option = click.option(
     "--tls-key", "tls_key", type=_PEM_FILE, help="The certificate's unencrypted PEM private key."
 )
+auth_key_file_option = click.option(
+    "--auth-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Require 'Authorization: Bearer <key>' with a key from this file (one per line, at "
+    "most two, mode 600); GET / stays open. Only the path is passed on, never the key.",
+)
+metrics_port_option = click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (at /metrics), beside the scoring port.",
+)
 dest_arg = click.argument("dest", type=click.Path(path_type=Path, file_okay=False, exists=True))
 
 

@@ -8,11 +8,13 @@ import click
 
 from ..errors import BundleError, UsageError
 from ._common import (
+    auth_key_file_option,
     cli,
     dest_arg,
     emit_json,
     funnel,
     json_option,
+    metrics_port_option,
     python_option,
     recheck_trust,
     tls_cert_option,
@@ -125,6 +127,8 @@ def build_cmd(
 @python_option
 @tls_cert_option
 @tls_key_option
+@auth_key_file_option
+@metrics_port_option
 @json_option
 @funnel
 def run_cmd(
@@ -140,6 +144,8 @@ def run_cmd(
     python: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
+    auth_key_file: Path | None,
+    metrics_port: int | None,
     as_json: bool,
 ) -> None:
     """Run an unpacked bundle's image and wait until it answers (isolated side).
@@ -155,10 +161,29 @@ def run_cmd(
     image first with `airgap build DEST`. Without Docker, use --local (airgap serve).
     --tls-cert/--tls-key are mounted read-only (never copied into the image); the key
     must be readable by its group, which the container's user joins.
+    --auth-key-file FILE is mounted read-only at /run/secrets/airgap-auth-keys (it
+    must belong to uid 10001, the image's user); --metrics-port publishes the
+    metrics on 127.0.0.1 only.
     """
+    if metrics_port is not None and metrics_port == port:
+        raise UsageError(
+            f"--metrics-port {metrics_port} is the scoring port too", remedy="choose another port"
+        )
     if local:
         _run_local(
-            dest, port, bind, mode, detach, no_network, trust, python, as_json, tls_cert, tls_key
+            dest,
+            port,
+            bind,
+            mode,
+            detach,
+            no_network,
+            trust,
+            python,
+            as_json,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            auth_key_file=auth_key_file,
+            metrics_port=metrics_port,
         )
         return
     if python is not None:
@@ -177,6 +202,8 @@ def run_cmd(
         trust=trust or None,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        auth_key_file=auth_key_file,
+        metrics_port=metrics_port,
     )
     running = start(dest, options, on_log=to_stderr)
     if as_json:
@@ -189,6 +216,7 @@ def run_cmd(
                 "mode": running.mode,
                 "port": running.host_port,
                 "scoring_uri": running.scoring_uri,
+                "metrics_uri": running.metrics_uri,
                 "seconds": round(running.seconds, 3),
                 "detached": detach,
             }
@@ -199,6 +227,8 @@ def run_cmd(
         )
         click.echo(f"{running.name} ({running.mode}) healthy after {running.seconds:.1f}s")
         click.echo(f"scoring URI: {where}")
+        if running.metrics_uri:
+            click.echo(f"metrics: {running.metrics_uri}")
     if detach:
         if not as_json:
             click.echo(f"stop it with: airgap stop {dest}")
@@ -220,8 +250,11 @@ def _run_local(
     trust: tuple[Path, ...],
     python: Path | None,
     as_json: bool,
+    *,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    auth_key_file: Path | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """`run --local`: the local runner (bundler/local.py), in the foreground."""
     for given, flag in ((mode, "--mode"), (detach, "--detach"), (no_network, "--no-network")):
@@ -250,6 +283,8 @@ def _run_local(
         python=python,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        auth_key_file=auth_key_file,
+        metrics_port=metrics_port,
     )
 
 

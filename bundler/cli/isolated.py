@@ -7,15 +7,18 @@ from pathlib import Path
 
 import click
 
+from ..errors import UsageError
 from ..formats.manifest import Manifest
 from ..verify.unpack import unpack as unpack_bundle
 from ..verify.unpack import verify as verify_bundle
 from ._common import (
+    auth_key_file_option,
     cli,
     dest_arg,
     emit_json,
     funnel,
     json_option,
+    metrics_port_option,
     progress,
     python_option,
     quiet_option,
@@ -47,6 +50,8 @@ from ._common import (
 @python_option
 @tls_cert_option
 @tls_key_option
+@auth_key_file_option
+@metrics_port_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line once healthy.")
 @funnel
 def serve_cmd(
@@ -57,6 +62,8 @@ def serve_cmd(
     python: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
+    auth_key_file: Path | None,
+    metrics_port: int | None,
     as_json: bool,
 ) -> None:
     """Serve an unpacked bundle locally, without Docker (isolated side).
@@ -74,6 +81,10 @@ def serve_cmd(
     SCORING_TIMEOUT_MS pass through (see docs/runtime.md). SIGTERM, SIGHUP and
     Ctrl-C stop it gracefully; a second Ctrl-C forces the stop (exit 130). The
     server never outlives this command, even if it is killed.
+    SCORING_TIMEOUT_MS pass through (see docs/runtime.md).
+    --auth-key-file makes every route but GET / and OPTIONS ask for
+    "Authorization: Bearer <key>"; --metrics-port serves Prometheus metrics on
+    HOST:PORT/metrics.
     """
     from ..deploy.local import serve as serve_local
 
@@ -83,6 +94,10 @@ def serve_cmd(
         else:
             click.echo(f"serving {dest} at {url}/score (Ctrl-C stops)", err=True)
 
+    if metrics_port is not None and metrics_port == port:
+        raise UsageError(
+            f"--metrics-port {metrics_port} is the scoring port too", remedy="choose another port"
+        )
     serve_local(
         dest,
         port=port,
@@ -92,6 +107,8 @@ def serve_cmd(
         python=python,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        auth_key_file=auth_key_file,
+        metrics_port=metrics_port,
     )
 
 

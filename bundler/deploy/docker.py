@@ -49,6 +49,7 @@ from ..layout import (
     PackageMode,
 )
 from ..verify.tree import check_unpacked, open_regular
+from .authkeys import CONTAINER_KEY_PATH, check_container_key_file
 from .dockerfile import (
     IMAGE_USER,
     LABEL_REVISION,
@@ -70,6 +71,9 @@ from .engine import (
 )
 from .hostcheck import require as require_host
 from .hostprobe import engine_facts, image_facts
+
+# The runtime's metrics port inside the container (published on the host's --metrics-port).
+CONTAINER_METRICS_PORT: Final = 9464
 
 # Container labels: `airgap stop DEST` finds the container by the DEST path it serves.
 LABEL_DEST: Final = "airgap-bundler.dest"
@@ -358,6 +362,10 @@ class RunOptions:
     trust: Sequence[Path] | None = None  # None: the key that verified the bundle at unpack
     tls_cert: Path | None = None  # PEM certificate chain: serve HTTPS (with tls_key)
     tls_key: Path | None = None  # its PEM key, readable by its group (the container joins it)
+    # Key auth: the file is bind-mounted read-only at CONTAINER_KEY_PATH (never copied into
+    # an environment variable or a layer). It must belong to the image's user (IMAGE_USER).
+    auth_key_file: Path | None = None
+    metrics_port: int | None = None  # host port for the metrics, published on 127.0.0.1
 
 
 @dataclass(frozen=True)
@@ -372,6 +380,7 @@ class Running:
     host_port: int | None
     scoring_uri: str | None  # None with --network none
     seconds: float  # from the call to the first healthy answer
+    metrics_uri: str | None = None  # with --metrics-port (and a network)
 
 
 def container_name(manifest: Manifest, dest: Path) -> str:
@@ -415,6 +424,25 @@ def _run_env_and_mounts(
             mounts.append(BindMount(str(dest / PREFIX_DIR), IMAGE_PREFIX_MOUNT))
         return {}, tuple(mounts)
     return {}, ()
+
+
+def _auth_and_metrics(
+    options: RunOptions,
+) -> tuple[dict[str, str], tuple[BindMount, ...], tuple[PortBinding, ...]]:
+    """The environment, mounts and extra ports for --auth-key-file and --metrics-port: the
+    key file's path only (the key is read inside the container from the read-only mount)."""
+    env: dict[str, str] = {}
+    mounts: tuple[BindMount, ...] = ()
+    ports: tuple[PortBinding, ...] = ()
+    if options.auth_key_file is not None:
+        source = check_container_key_file(options.auth_key_file, IMAGE_USER)
+        env["AIRGAP_AUTH_KEY_FILE"] = CONTAINER_KEY_PATH
+        mounts = (BindMount(str(source), CONTAINER_KEY_PATH),)
+    if options.metrics_port is not None:
+        env["AIRGAP_METRICS_PORT"] = str(CONTAINER_METRICS_PORT)
+        # Loopback only: metrics tell a lot about the model and carry no auth of their own.
+        ports = (PortBinding(CONTAINER_METRICS_PORT, "127.0.0.1", options.metrics_port),)
+    return env, mounts, ports
 
 
 def _find_image(engine: Engine, manifest: Manifest, variant: Variant) -> str:
@@ -549,6 +577,8 @@ def start(
     env, mounts = _run_env_and_mounts(dest, manifest, mode)
     tls_env, tls_mounts, groups = _tls_mounts(options)
     env, mounts = {**env, **tls_env}, mounts + tls_mounts
+    secure_env, secure_mounts, extra_ports = _auth_and_metrics(options)
+    env, mounts = {**env, **secure_env}, mounts + secure_mounts
     eng = _connect(engine)
     image = _find_image(eng, manifest, "baked" if mode == "baked" else "normal")
     name = container_name(manifest, dest)
@@ -574,6 +604,7 @@ def start(
         port=PortBinding(SCORING_PORT, options.bind, options.port) if options.network else None,
         network=options.network,
         groups=groups,
+        extra_ports=extra_ports,
     )
     container = eng.run(spec)
     try:
@@ -598,6 +629,11 @@ def start(
         host_port=info.host_port,
         scoring_uri=f"{base}/score" if base else None,
         seconds=time.monotonic() - began,
+        metrics_uri=(
+            f"http://127.0.0.1:{options.metrics_port}/metrics"
+            if options.metrics_port is not None and options.network
+            else None
+        ),
     )
 
 

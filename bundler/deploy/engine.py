@@ -19,6 +19,7 @@ import docker.types
 import requests.exceptions
 
 from ..errors import BundleError, ContainerError, EngineUnavailableError, ImageBuildError
+from ..layout import SCORING_PORT
 
 LOCAL_RUNNER_HINT: Final = "or serve without Docker: airgap serve DEST (or airgap run DEST --local)"
 NO_ENGINE_REMEDY: Final = (
@@ -58,6 +59,7 @@ class ContainerSpec:
     port: PortBinding | None = None
     network: bool = True  # False: --network none (only loopback inside the container)
     groups: tuple[int, ...] = ()  # supplementary group ids (to read a mounted TLS key)
+    extra_ports: tuple[PortBinding, ...] = ()  # e.g. the metrics port
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,8 @@ class DockerEngine:
         if spec.port is not None:
             host_port = spec.port.host_port or None  # None: the engine picks a free port
             ports[f"{spec.port.container_port}/tcp"] = (spec.port.host_ip, host_port)
+        for extra in spec.extra_ports if spec.port is not None else ():
+            ports[f"{extra.container_port}/tcp"] = (extra.host_ip, extra.host_port or None)
         mounts = [
             docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only)
             for m in spec.mounts
@@ -440,7 +444,9 @@ def _info(data: Mapping[str, Any]) -> ContainerInfo:
     health = (state.get("Health") or {}).get("Status")
     host_port = None
     ports = ((data.get("NetworkSettings") or {}).get("Ports")) or {}
-    for bindings in ports.values():
+    # The scoring port's binding first: a container may publish others (metrics).
+    scoring = f"{SCORING_PORT}/tcp"
+    for _, bindings in sorted(ports.items(), key=lambda item: item[0] != scoring):
         for b in bindings or ():
             if b.get("HostPort"):
                 host_port = int(b["HostPort"])

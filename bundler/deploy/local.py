@@ -46,6 +46,7 @@ from ..layout import (
     WHEELS_REQUIREMENTS,
 )
 from ..verify.tree import check_unpacked
+from .authkeys import check_key_file
 from .hostcheck import require as require_host
 from .hostprobe import interpreter_at, this_host
 
@@ -370,6 +371,8 @@ class LocalServer:
         python: Path | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        auth_key_file: Path | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.dest = Path(os.path.abspath(dest))
         if (tls_cert is None) != (tls_key is None):
@@ -378,6 +381,9 @@ class LocalServer:
             )
         self.tls_cert = Path(os.path.abspath(tls_cert)) if tls_cert else None
         self.tls_key = Path(os.path.abspath(tls_key)) if tls_key else None
+        # Checked before any venv work; only the path reaches the server (never the key).
+        self.auth_key_file = check_key_file(auth_key_file) if auth_key_file else None
+        self.metrics_port = metrics_port
         self.python = python  # None: search the host for the target's Python
         self.port = port
         self.host = host
@@ -429,6 +435,10 @@ class LocalServer:
             env["AIRGAP_TLS_KEY"] = str(self.tls_key)
         # The runtime's master watches this pid and stops when it is gone (runtime/server.py).
         env["AIRGAP_PARENT_PID"] = str(os.getpid())
+        if self.auth_key_file is not None:
+            env["AIRGAP_AUTH_KEY_FILE"] = str(self.auth_key_file)
+        if self.metrics_port is not None:
+            env["AIRGAP_METRICS_PORT"] = str(self.metrics_port)
         return server_command(python, self.host, self.port), env
 
     def start(self) -> None:
@@ -626,12 +636,15 @@ def serve(
     python: Path | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    auth_key_file: Path | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Serve DEST in the foreground until SIGINT (Ctrl-C), SIGTERM or SIGHUP, then stop
     gracefully; a second such signal during the stop forces it (KeyboardInterrupt).
 
     ``on_ready(url)`` is called once the server answers. ``python`` is the interpreter to
-    make the venv from (checked against the target) instead of searching the host. Used by
+    make the venv from (checked against the target) instead of searching the host.
+    ``auth_key_file`` turns on key auth, ``metrics_port`` the metrics port. Used by
     `airgap serve` and `airgap run --local`; must run in the main thread (it handles SIGTERM).
 
     Raises:
@@ -640,6 +653,7 @@ def serve(
         LocalRunnerError: no matching Python, the environment or server failed, or the
             server exited on its own with a non-zero status.
         KeyboardInterrupt: a second stop signal forced the stop (the server is gone).
+        AuthKeyFileError: the key file cannot be used (nothing was started).
     """
     server = LocalServer(
         dest,
@@ -649,6 +663,8 @@ def serve(
         python=python,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        auth_key_file=auth_key_file,
+        metrics_port=metrics_port,
     )
     with _SignalGuard():
         try:

@@ -15,13 +15,16 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from . import auth as _auth
 from .interface import NO_DEFAULT, PLAIN, RAW
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from .auth import KeyAuth
     from .cors import CorsPolicy
     from .entry import EntryScript
+    from .metrics import Metrics
     from .swagger import SwaggerDocs
 
 log = logging.getLogger("airgap_runtime")
@@ -34,6 +37,7 @@ HEADER_LIMIT = 100
 _STATUS = {
     200: "200 OK",
     400: "400 Bad Request",
+    401: "401 Unauthorized",
     404: "404 Not Found",
     405: "405 Method Not Allowed",
     413: "413 Content Too Large",
@@ -80,9 +84,12 @@ class _Refused(Exception):
         self.message = message
 
 
-def _error(message: str) -> bytes:
+def _error(message: str, detail: str | None = None) -> bytes:
     # Azure ML's error body: {"message": ...} and nothing else (the id is in the headers).
-    return json.dumps({"message": message}).encode("utf-8")
+    # ``detail`` (a traceback) is added only with AIRGAP_DEBUG_ERRORS=1.
+    if detail is None:
+        return json.dumps({"message": message}).encode("utf-8")
+    return json.dumps({"message": message, "detail": detail}).encode("utf-8")
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -195,6 +202,21 @@ class ScoringApp:
         self._armed = False
         self._swagger = swagger
         self._cors = cors
+        self._auth: KeyAuth | None = None
+        self._metrics: Metrics | None = None
+        self._debug = False
+
+    def secure(
+        self,
+        *,
+        auth: KeyAuth | None = None,
+        metrics: Metrics | None = None,
+        debug_errors: bool = False,
+    ) -> None:
+        """Turn on key auth (auth.py), metrics (metrics.py) and error details in bodies."""
+        self._auth = auth
+        self._metrics = metrics
+        self._debug = debug_errors
 
     def install_timeout_handler(self) -> None:
         """Make SIGALRM cut off a run() that is past SCORING_TIMEOUT_MS."""
@@ -209,6 +231,20 @@ class ScoringApp:
     # ---- dispatch -----------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.request_started()
+        try:
+            return self._route(environ, start_response)
+        except Exception:
+            # A failure outside run()'s own handling (a Response that fails to render, a bug):
+            # the client gets the generic message, the log the traceback with the request id.
+            return self._internal_error(environ, start_response)
+        finally:
+            if metrics is not None:
+                metrics.request_ended()
+
+    def _route(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         path = environ.get("PATH_INFO") or "/"
         method = environ["REQUEST_METHOD"]
@@ -216,7 +252,16 @@ class ScoringApp:
         extra: list[tuple[str, str]] = []
         ctype: str | None
         routed = path in _ROUTE_METHODS
-        if refused is not None and method in _ROUTE_METHODS.get(path, ()):
+        if (
+            self._auth is not None
+            and not _auth.is_open(method, path)
+            and not self._auth.allows(environ.get("HTTP_AUTHORIZATION"))
+        ):
+            # Before routing: without a key nothing is learned, not even which paths exist.
+            status, body, ctype = 401, _auth.REFUSED_BODY, JSON
+            challenge = _auth.challenge(environ.get("HTTP_AUTHORIZATION"))
+            extra += [_FAILED, ("WWW-Authenticate", challenge)]
+        elif refused is not None and method in _ROUTE_METHODS.get(path, ()):
             # Azure ML checks the ids before its route handlers only: a request no route takes
             # gets its 404 or 405 below, with the ids left out.
             status, body, ctype = 431, _error(refused), JSON
@@ -274,6 +319,27 @@ class ScoringApp:
         start_response(_status_line(status), headers)
         if self._log_fd is not None:
             self._access_log(environ, method, path, status, len(body), rid, started)
+        if self._metrics is not None:
+            self._metrics.observe(path, method, status, time.perf_counter() - started)
+        return [b""] if method == "HEAD" else [body]
+
+    def _internal_error(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        started = time.perf_counter()
+        rid, legacy, client, _ = request_ids(environ)
+        detail = traceback.format_exc().rstrip()
+        log.error("request failed (request %s):\n%s", rid or "-", detail)
+        body = _error(INTERNAL, detail if self._debug else None)
+        headers = [("Content-Type", JSON), ("Content-Length", str(len(body))), _FAILED]
+        self._add_ids(headers, environ, rid, legacy, client)
+        start_response(_status_line(500), headers, sys.exc_info())
+        path = environ.get("PATH_INFO") or "/"
+        method = environ.get("REQUEST_METHOD", "-")
+        if self._log_fd is not None:
+            self._access_log(environ, method, path, 500, len(body), rid, started)
+        if self._metrics is not None:
+            self._metrics.observe(path, method, 500, time.perf_counter() - started)
         return [b""] if method == "HEAD" else [body]
 
     @staticmethod
@@ -458,14 +524,18 @@ class ScoringApp:
 
     def _timed_out(self, rid: str) -> tuple[int, bytes, str, list[tuple[str, str]]]:
         log.error("run() cut off after %d ms (request %s)", self._timeout_ms, rid)
+        if self._metrics is not None:
+            self._metrics.run_failed("timeout")
         message = f"Scoring timeout after {self._timeout_ms} ms"
         return 500, _error(message), JSON, [_FAILED_TRUE]
 
-    @staticmethod
-    def _run_raised(rid: str) -> tuple[int, bytes, str, list[tuple[str, str]]]:
+    def _run_raised(self, rid: str) -> tuple[int, bytes, str, list[tuple[str, str]]]:
         # The exception's text stays in the log: it may carry data the client must not see.
-        log.error("run() raised (request %s):\n%s", rid, traceback.format_exc().rstrip())
-        return 500, _error(RUN_FAILED), JSON, [_FAILED_TRUE]
+        detail = traceback.format_exc().rstrip()
+        log.error("run() raised (request %s):\n%s", rid, detail)
+        if self._metrics is not None:
+            self._metrics.run_failed("exception")
+        return 500, _error(RUN_FAILED, detail if self._debug else None), JSON, [_FAILED_TRUE]
 
     def _result(
         self, result: Any, started: float, rid: str, environ: dict[str, Any]
@@ -486,7 +556,8 @@ class ScoringApp:
                 out = json.dumps(result).encode("utf-8")
             except (TypeError, ValueError) as e:
                 log.error("run() returned a value that is not JSON (request %s): %s", rid, e)
-                return 500, _error(INTERNAL), JSON, [_FAILED]
+                detail = f"{type(e).__name__}: {e}" if self._debug else None
+                return 500, _error(INTERNAL, detail), JSON, [_FAILED]
         return 200, out, JSON, [_FAILED, elapsed]
 
     def _call_run(self, text: str, environ: dict[str, Any]) -> Any:

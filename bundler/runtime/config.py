@@ -39,6 +39,10 @@ TLS_CERT = "AIRGAP_TLS_CERT"
 TLS_KEY = "AIRGAP_TLS_KEY"
 # Set by the local runner to its pid: the server stops when that process is gone.
 PARENT_PID = "AIRGAP_PARENT_PID"
+# Key auth: the path of a file holding the key(s), never a key (see auth.py).
+AUTH_KEY_FILE = "AIRGAP_AUTH_KEY_FILE"
+METRICS_PORT = "AIRGAP_METRICS_PORT"  # Prometheus text on its own port (see metrics.py)
+DEBUG_ERRORS = "AIRGAP_DEBUG_ERRORS"  # 1: 500 bodies carry the traceback (never in production)
 
 DEFAULT_PORT = 5001
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - a container's server must listen on all interfaces
@@ -97,6 +101,9 @@ class Settings:
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # per worker
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key turns TLS on
     tls_key: Path | None = None  # PEM private key
+    auth_key_file: Path | None = None  # AIRGAP_AUTH_KEY_FILE; None leaves auth off
+    metrics_port: int | None = None  # AIRGAP_METRICS_PORT; None leaves metrics off
+    debug_errors: bool = False  # AIRGAP_DEBUG_ERRORS=1
 
     @property
     def bind(self) -> str:
@@ -220,6 +227,12 @@ def load_settings(env: Mapping[str, str], cwd: Path) -> Settings:
         raise ConfigError(f"{LOG_LEVEL}={log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
     worker_timeout = _int(env, WORKER_TIMEOUT, DEFAULT_WORKER_TIMEOUT, 1)
+    port = _port(env)
+    auth_key_file = _auth_key_file(env, cwd)
+    metrics_port = _metrics_port(env, port)
+    raw_debug = env.get(DEBUG_ERRORS, "").strip()
+    if raw_debug not in ("", "0", "1"):
+        raise ConfigError(f"{DEBUG_ERRORS}={raw_debug!r} must be 0 or 1")
     raw_root = env.get(APP_ROOT, "").strip()
     tls_cert, tls_key = _tls_files(env, cwd)
     return Settings(
@@ -228,7 +241,7 @@ def load_settings(env: Mapping[str, str], cwd: Path) -> Settings:
         extra_lib_paths=tuple(lib_paths),
         extra_requirements=requirements,
         host=env.get(HOST, "").strip() or DEFAULT_HOST,
-        port=_port(env),
+        port=port,
         workers=_int(env, WORKER_COUNT, DEFAULT_WORKERS, 1),
         worker_timeout=worker_timeout,
         scoring_timeout_ms=_int(
@@ -247,4 +260,36 @@ def load_settings(env: Mapping[str, str], cwd: Path) -> Settings:
         max_connections=_int(env, MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, 1),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        auth_key_file=auth_key_file,
+        metrics_port=metrics_port,
+        debug_errors=raw_debug == "1",
     )
+
+
+def _auth_key_file(env: Mapping[str, str], cwd: Path) -> Path | None:
+    """AIRGAP_AUTH_KEY_FILE, resolved and checked now (mode, keys) so a bad file stops the
+    start with a clear message instead of failing every request."""
+    from .auth import KeyFileError, read_key_file
+
+    raw = env.get(AUTH_KEY_FILE, "").strip()
+    if not raw:
+        return None
+    path = _resolve(raw, cwd).absolute()
+    try:
+        read_key_file(str(path))
+    except KeyFileError as e:
+        raise ConfigError(f"{AUTH_KEY_FILE}: {e}") from None
+    return path
+
+
+def _metrics_port(env: Mapping[str, str], port: int) -> int | None:
+    if not env.get(METRICS_PORT, "").strip():
+        return None
+    metrics_port = _int(env, METRICS_PORT, 0, 1)
+    if metrics_port > 65535:
+        raise ConfigError(f"{METRICS_PORT}={metrics_port} is not a TCP port (1-65535)")
+    if metrics_port == port:
+        raise ConfigError(
+            f"{METRICS_PORT}={metrics_port} is the scoring port too; choose another port"
+        )
+    return metrics_port

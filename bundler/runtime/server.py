@@ -19,6 +19,7 @@ from gunicorn.errors import HaltServer
 
 from . import config
 from .app import make_app
+from .auth import KeyAuth
 from .cors import CorsPolicy
 from .entry import (
     RequirementsError,
@@ -27,6 +28,7 @@ from .entry import (
     install_requirements,
     load_entry_script,
 )
+from .metrics import MULTIPROC_ENV
 from .swagger import ServiceInfo, SwaggerDocs
 from .tls import server_context
 from .worker import AirgapWorker
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
     from .app import ScoringApp
     from .config import Settings
+    from .metrics import Metrics
 
 log = logging.getLogger("airgap_runtime")
 
@@ -50,8 +53,14 @@ class ScoringServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
     """gunicorn, configured from Settings; each worker imports the entry script and calls
     init() before it accepts its first connection."""
 
-    def __init__(self, settings: Settings, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
         # Read by each AirgapWorker (with settings): the TLS handshake happens in the worker.
         self.ssl_context = ssl_context
         super().__init__()
@@ -60,6 +69,9 @@ class ScoringServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
         for key, value in gunicorn_options(self.settings).items():
             # Settings of newer gunicorn releases are skipped on older ones.
             if key in self.cfg.settings:
+                self.cfg.set(key, value)
+        if self.metrics is not None:
+            for key, value in metrics_hooks(self.settings, self.metrics).items():
                 self.cfg.set(key, value)
 
     def load(self) -> ScoringApp:
@@ -75,13 +87,40 @@ class ScoringServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no
         swagger = SwaggerDocs(
             entry.interface, settings.app_root or Path.cwd(), ServiceInfo.from_env(os.environ)
         )
-        return make_app(
+        if self.metrics is not None:
+            self.metrics.model_loaded(entry.init_seconds)
+        app = make_app(
             entry,
             settings.scoring_timeout_ms,
             settings.max_request_bytes,
             swagger=swagger,
             cors=CorsPolicy.from_env(settings.cors_origins),
         )
+        app.secure(
+            auth=KeyAuth(str(settings.auth_key_file)) if settings.auth_key_file else None,
+            metrics=self.metrics,
+            debug_errors=settings.debug_errors,
+        )
+        return app
+
+
+def metrics_hooks(settings: Settings, metrics: Metrics) -> dict[str, Any]:
+    """gunicorn server hooks for metrics: serve them from the master once it is ready, close
+    that socket in each forked worker, count and clean up each worker that exits."""
+    directory = os.environ[MULTIPROC_ENV]
+    port = settings.metrics_port
+    assert port is not None
+
+    def when_ready(server: Any) -> None:
+        metrics.serve(settings.host, port, directory)
+
+    def post_fork(server: Any, worker: Any) -> None:
+        metrics.close_in_child()
+
+    def child_exit(server: Any, worker: Any) -> None:
+        metrics.worker_exited(worker.pid)
+
+    return {"when_ready": when_ready, "post_fork": post_fork, "child_exit": child_exit}
 
 
 def _worker_tmp_dir() -> str | None:
@@ -210,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     master = os.getpid()
     requirements_dir: str | None = None
+    metrics_dir: str | None = None
     try:
         if settings.extra_requirements is not None:
             log.info("installing %s offline", settings.extra_requirements)
@@ -230,8 +270,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{settings.scoring_timeout_ms} ms" if settings.scoring_timeout_ms else "off",
             settings.max_request_bytes,
         )
+        metrics = None
+        if settings.metrics_port is not None:
+            from .metrics import Metrics, make_dir
+
+            metrics_dir = make_dir()  # before prometheus_client is first imported
+            metrics = Metrics()
+        if settings.auth_key_file is not None:
+            log.info(
+                "key auth on (keys in %s); GET / and OPTIONS stay open", settings.auth_key_file
+            )
+        if settings.debug_errors:
+            log.warning(
+                "%s=1: error answers carry tracebacks; never use this in production",
+                config.DEBUG_ERRORS,
+            )
         try:
-            ScoringServer(settings, ssl_context).run()
+            ScoringServer(settings, metrics, ssl_context).run()
         except SystemExit as e:
             # gunicorn's arbiter (and each forked worker) leaves through sys.exit.
             code = e.code
@@ -247,3 +302,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Forked workers unwind through here too: only the master owns the temp dir.
         if requirements_dir and os.getpid() == master:
             shutil.rmtree(requirements_dir, ignore_errors=True)
+        if metrics_dir and os.getpid() == master:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
