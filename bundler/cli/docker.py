@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import BundleError, UsageError
+from ..formats.smoke import SmokeSpec
 from ._common import (
     cli,
     dest_arg,
@@ -17,6 +18,7 @@ from ._common import (
     recheck_trust,
     to_stderr,
 )
+from .ops import smoke_after_start, smoke_flag, smoke_spec_for
 
 
 @cli.command("build")
@@ -122,6 +124,7 @@ def build_cmd(
 @recheck_trust
 @python_option
 @json_option
+@smoke_flag
 @funnel
 def run_cmd(
     dest: Path,
@@ -135,6 +138,7 @@ def run_cmd(
     trust: tuple[Path, ...],
     python: Path | None,
     as_json: bool,
+    smoke: bool,
 ) -> None:
     """Run an unpacked bundle's image and wait until it answers (isolated side).
 
@@ -147,16 +151,24 @@ def run_cmd(
     In mounted mode DEST/site-packages is re-checked against the signed manifest and
     mounted read-only; a file changed since unpack is refused (exit 3). Build the
     image first with `airgap build DEST`. Without Docker, use --local (airgap serve).
+    With --smoke, the bundle's smoke test is sent once healthy; if it fails the
+    container is stopped and removed (exit 4).
     """
+    if smoke and no_network:
+        raise UsageError(
+            "--smoke needs a published port; --no-network publishes none",
+            remedy="drop --smoke, or drop --no-network",
+        )
+    spec = smoke_spec_for(dest, trust) if smoke else None
     if local:
-        _run_local(dest, port, bind, mode, detach, no_network, trust, python, as_json)
+        _run_local(dest, port, bind, mode, detach, no_network, trust, python, as_json, spec)
         return
     if python is not None:
         raise UsageError(
             "--python is for the local runner; the image runs its own python3",
             remedy="add --local, or drop --python",
         )
-    from ..deploy.docker import RunOptions, follow, start
+    from ..deploy.docker import RunOptions, follow, start, stop
 
     options = RunOptions(
         mode=mode,  # type: ignore[arg-type]  # click.Choice guarantees the value
@@ -167,6 +179,13 @@ def run_cmd(
         trust=trust or None,
     )
     running = start(dest, options, on_log=to_stderr)
+    result = None
+    if spec is not None and running.scoring_uri is not None:
+        try:
+            result = smoke_after_start(spec, running.scoring_uri)
+        except BundleError:
+            stop(dest)  # a failed smoke test leaves nothing running
+            raise
     if as_json:
         emit_json(
             {
@@ -179,9 +198,12 @@ def run_cmd(
                 "scoring_uri": running.scoring_uri,
                 "seconds": round(running.seconds, 3),
                 "detached": detach,
+                **({"smoke": result.to_json_dict()} if result is not None else {}),
             }
         )
     else:
+        if result is not None:
+            click.echo(result.summary())
         where = running.scoring_uri or (
             f"inside the container only (--no-network): docker exec {running.name} ..."
         )
@@ -208,6 +230,7 @@ def _run_local(
     trust: tuple[Path, ...],
     python: Path | None,
     as_json: bool,
+    spec: SmokeSpec | None = None,
 ) -> None:
     """`run --local`: the local runner (bundler/local.py), in the foreground."""
     for given, flag in ((mode, "--mode"), (detach, "--detach"), (no_network, "--no-network")):
@@ -222,9 +245,13 @@ def _run_local(
     from ..deploy.local import serve as serve_local
 
     def ready(url: str) -> None:
+        result = smoke_after_start(spec, url) if spec is not None else None
+        extra = {"smoke": result.to_json_dict()} if result is not None else {}
         if as_json:
-            emit_json({"ok": True, "local": True, "scoring_uri": url + "/score"})
+            emit_json({"ok": True, "local": True, "scoring_uri": url + "/score", **extra})
         else:
+            if result is not None:
+                click.echo(result.summary(), err=True)
             click.echo(f"serving {dest} locally at {url}/score (Ctrl-C stops)", err=True)
 
     serve_local(

@@ -23,6 +23,7 @@ from ._common import (
     summary,
     trust_option,
 )
+from .ops import smoke_after_start, smoke_flag, smoke_spec_for
 
 
 @cli.command("serve")
@@ -44,9 +45,16 @@ from ._common import (
 @recheck_trust
 @python_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line once healthy.")
+@smoke_flag
 @funnel
 def serve_cmd(
-    dest: Path, port: int, host: str, trust: tuple[Path, ...], python: Path | None, as_json: bool
+    dest: Path,
+    port: int,
+    host: str,
+    trust: tuple[Path, ...],
+    python: Path | None,
+    as_json: bool,
+    smoke: bool,
 ) -> None:
     """Serve an unpacked bundle locally, without Docker (isolated side).
 
@@ -59,14 +67,24 @@ def serve_cmd(
     of the bundle's version (or --python), with only the bundle's packages on its path.
     A bundle for another architecture, C library or Python is refused first (exit 1).
     No network is used. Environment variables such as WORKER_COUNT and
-    SCORING_TIMEOUT_MS pass through (see docs/runtime.md).
+    SCORING_TIMEOUT_MS pass through (see docs/runtime.md). With --smoke, the
+    bundle's smoke test is sent once healthy; if it fails the server stops (exit 4).
     """
     from ..deploy.local import serve as serve_local
 
+    spec = smoke_spec_for(dest, trust) if smoke else None
+
     def ready(url: str) -> None:
+        # A failed smoke test raises here: serve() stops the server, the funnel exits 4.
+        result = smoke_after_start(spec, url) if spec is not None else None
         if as_json:
-            click.echo(json.dumps({"ok": True, "url": url, "scoring_uri": url + "/score"}))
+            line: dict[str, object] = {"ok": True, "url": url, "scoring_uri": url + "/score"}
+            if result is not None:
+                line["smoke"] = result.to_json_dict()
+            click.echo(json.dumps(line))
         else:
+            if result is not None:
+                click.echo(result.summary(), err=True)
             click.echo(f"serving {dest} at {url}/score (Ctrl-C stops)", err=True)
 
     serve_local(
