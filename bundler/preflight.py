@@ -69,20 +69,22 @@ def tree_need(files: Iterable[tuple[str, int]], block: int, *, extra_dirs: int =
     def enter(parent: str, name: str) -> None:
         entries[parent] = entries.get(parent, 0) + len(name.encode()) + _DIRENT_OVERHEAD
 
+    folders: set[str] = {""}
     for path, size in files:
         data += _blocks(size, block)
         count += 1
         parent, _, name = path.rpartition("/")
         # Every ancestor folder exists once, and is an entry of its own parent.
         folder = parent
-        while folder and folder not in entries:
-            entries[folder] = 0
+        while folder not in folders:
+            folders.add(folder)
             grand, _, dname = folder.rpartition("/")
             enter(grand, dname)
             folder = grand
         enter(parent, name)
-    dirs = sum(max(block, _blocks(n, block)) for n in entries.values()) + extra_dirs * block
-    return Need(bytes=data + dirs + _margin(data + dirs), inodes=count + len(entries) + extra_dirs)
+    dirs = sum(max(block, _blocks(entries.get(f, 0), block)) for f in folders)
+    dirs += extra_dirs * block
+    return Need(bytes=data + dirs + _margin(data + dirs), inodes=count + len(folders) + extra_dirs)
 
 
 def unpack_need(manifest: Manifest, manifest_bytes: int, block: int) -> Need:

@@ -68,6 +68,12 @@ def test_tree_need_rounds_files_to_blocks_and_counts_each_folder() -> None:
     assert need.bytes == data + folders + int((data + folders) * 0.01) + MARGIN_FIXED
 
 
+def test_every_ancestor_folder_of_a_deep_file_is_counted() -> None:
+    need = tree_need([("a/b/c/d/e.txt", 1)], 1024)
+    assert need.inodes == 1 + 5  # the file; the root, a, a/b, a/b/c, a/b/c/d
+    assert need.bytes == 1024 + 5 * 1024 + int(6 * 1024 * 0.01) + MARGIN_FIXED
+
+
 def test_a_folder_with_many_entries_takes_more_than_one_block() -> None:
     small = tree_need([(f"d/{i:04d}", 0) for i in range(10)], 4096)
     large = tree_need([(f"d/{i:04d}", 0) for i in range(1000)], 4096)
@@ -90,6 +96,7 @@ def test_the_need_bounds_what_a_real_unpack_uses(
 ) -> None:
     fs = tmpfs("size=8m")
     files = {**_files(os.urandom(MiB + 1)), **{f"app/pkg/m{i}.py": b"x = 1\n" for i in range(40)}}
+    files["site-packages/deep/er/still/m.py"] = b"y = 2\n"
     bundle = make_bundle(files=files)
     v = open_verified(bundle, [publisher.pub], now=NOW)
     from bundler.preflight import unpack_need
@@ -102,7 +109,7 @@ def test_the_need_bounds_what_a_real_unpack_uses(
     inodes = st0.f_ffree - st1.f_ffree
     assert 0 < used <= need.bytes
     assert need.bytes - used < MARGIN_FIXED + 0.1 * used  # an upper bound, not a wild guess
-    assert 0 < inodes <= need.inodes
+    assert inodes == need.inodes  # every file and folder, exactly
 
 
 # ---- unpack on a small filesystem -----------------------------------------------------------

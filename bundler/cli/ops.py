@@ -44,7 +44,7 @@ _MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
 @click.option(
     "--dest",
     type=click.Path(path_type=Path),
-    help="For a BUNDLE: where it will be unpacked (default: the current folder).",
+    help="For a BUNDLE: where it will be unpacked (default: a new folder here).",
 )
 @json_option
 @funnel

@@ -92,7 +92,8 @@ def diagnose(
 ) -> Report:
     """Check this host for ``path``: an unpacked DEST (a folder) or a bundle (a file).
 
-    For a bundle, ``dest`` is where it would be unpacked (default: the current folder);
+    For a bundle, ``dest`` is where it would be unpacked (default: a new folder in the
+    current one);
     with ``trust`` the bundle is fully verified first, else its manifest is read unverified.
     """
     path = Path(os.path.abspath(path))
@@ -101,7 +102,14 @@ def diagnose(
         _bundle_manifest(path, trust) if kind == "bundle" else _dest_manifest(path, trust)
     )
     checks = [manifest_check]
-    where = path if kind == "dest" else Path(os.path.abspath(dest or Path.cwd()))
+    # The stage is made in DEST's parent: for a bundle that is --dest's parent, or the
+    # current folder when DEST would be a new folder in it.
+    if kind == "dest":
+        where = path
+    elif dest is not None:
+        where = Path(os.path.abspath(dest)).parent
+    else:
+        where = Path.cwd()
     checks += _space_and_mount(where, kind, manifest, manifest_len)
     docker = _docker(engine)
     if manifest is not None:
@@ -170,6 +178,11 @@ def _dest_manifest(dest: Path, trust: Sequence[Path]) -> tuple[Check, Manifest |
     )
 
 
+def _size(n: int) -> str:
+    """``77.1 GiB``: the rounded part of preflight.human, for a one-line detail."""
+    return human(n).split("(", 1)[-1].rstrip(")")
+
+
 def _existing(path: Path) -> Path:
     # A DEST or --dest that does not exist yet lands on its nearest existing ancestor's fs.
     while not path.exists() and path != path.parent:
@@ -180,8 +193,7 @@ def _existing(path: Path) -> Path:
 def _space_and_mount(
     where: Path, kind: Kind, manifest: Manifest | None, manifest_len: int
 ) -> list[Check]:
-    # The stage is made in DEST's parent; for a bundle, ``where`` is the DEST to be.
-    probe = _existing(where.parent if kind == "bundle" else where)
+    probe = _existing(where)
     try:
         free = free_space(probe)
     except OSError as e:
@@ -198,12 +210,13 @@ def _space(
         "free_inodes": free.inodes,
     }
     if manifest is None:
-        return Check("space", "warn", f"{human(free.bytes)} free on {probe}", data)
+        return Check("space", "warn", f"{_size(free.bytes)} free on {probe}", data)
     need = unpack_need(manifest, manifest_len, free.block_size)
     data |= {"needed_bytes": need.bytes, "needed_inodes": need.inodes}
     short = shortfall(need, free)
     if short is None:
-        return Check("space", "ok", f"{human(free.bytes)} free on {probe}", data)
+        detail = f"{_size(free.bytes)} free on {probe}, {_size(need.bytes)} needed to unpack"
+        return Check("space", "ok", detail, data)
     if kind == "bundle":
         return Check("space", "fail", f"unpack would be refused on {probe}: {short}", data)
     # DEST is unpacked already: only a later update of the same size is at stake.
@@ -268,7 +281,7 @@ def _docker(engine: EngineFactory) -> Check:
         try:
             free = free_space(Path(root)).bytes
             data["data_root_free_bytes"] = free
-            detail += f", data root {root} ({human(free)} free)"
+            detail += f", data root {root} ({_size(free)} free)"
         except OSError:
             detail += f", data root {root}"
     elif root is None:
