@@ -377,3 +377,43 @@ def test_serve_smoke_without_a_smoke_test_fails_before_starting(make_dest: MakeD
     assert proc.returncode == EXIT_ERROR
     assert "carries no smoke test" in err
     assert not (dest / ".airgap" / "venv").exists()  # refused before any venv work
+
+
+def test_auth_key_file_sends_the_first_key_as_a_bearer_token(
+    make_dest: MakeDest, keys: KeyPair, tmp_path: Path
+) -> None:
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"size": 18}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        key_file = tmp_path / "keys.txt"
+        key_file.write_text("k-primary\nk-secondary\n")  # two keys while rotating
+        bundle = make_dest(SPEC, unpacked=False)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        args = ["smoke", bundle, "--trust", keys.pub, "--url", url, "--auth-key-file", key_file]
+        proc = _airgap(*args)
+        assert proc.returncode == 0, proc.stderr
+        assert seen == ["Bearer k-primary"]
+        # The key is never printed.
+        assert "k-primary" not in proc.stdout + proc.stderr
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -208,14 +208,23 @@ def smoke_spec_for(dest: Path, trust: tuple[Path, ...]) -> SmokeSpec:
     return spec_of(load_manifest(dest, trust))
 
 
-def smoke_after_start(spec: SmokeSpec, base_url: str) -> SmokeResult:
+def smoke_after_start(
+    spec: SmokeSpec,
+    base_url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> SmokeResult:
     """Send the smoke test to a server that just became healthy.
+
+    ``headers``/``ssl_context``: for a server started with key auth or TLS (see
+    :func:`smoke_extras`).
 
     Raises:
         SmokeTestError: the answer is wrong or missing (exit 4); the caller stops the server.
     """
     from ..deploy.smoke import run
 
-    result = run(spec, base_url)
+    result = run(spec, base_url, headers=headers, ssl_context=ssl_context)
     result.raise_for_failure()
     return result
