@@ -3,6 +3,7 @@ judging of an answer, and `airgap smoke` / `serve --smoke` against a real server
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -379,7 +380,7 @@ def test_serve_smoke_without_a_smoke_test_fails_before_starting(make_dest: MakeD
     assert not (dest / ".airgap" / "venv").exists()  # refused before any venv work
 
 
-def test_auth_key_file_sends_the_first_key_as_a_bearer_token(
+def test_auth_key_file_sends_the_first_key_as_a_bearer_token_and_the_query_is_kept(
     make_dest: MakeDest, keys: KeyPair, tmp_path: Path
 ) -> None:
     import http.server
@@ -389,6 +390,7 @@ def test_auth_key_file_sends_the_first_key_as_a_bearer_token(
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
+            seen.append(self.path)
             seen.append(self.headers.get("Authorization"))
             self.rfile.read(int(self.headers["Content-Length"]))
             body = b'{"size": 18}'
@@ -406,12 +408,13 @@ def test_auth_key_file_sends_the_first_key_as_a_bearer_token(
     try:
         key_file = tmp_path / "keys.txt"
         key_file.write_text("k-primary\nk-secondary\n")  # two keys while rotating
-        bundle = make_dest(SPEC, unpacked=False)
+        spec = dataclasses.replace(SPEC, path="/score?verbose=1")
+        bundle = make_dest(spec, unpacked=False)
         url = f"http://127.0.0.1:{server.server_address[1]}"
         args = ["smoke", bundle, "--trust", keys.pub, "--url", url, "--auth-key-file", key_file]
         proc = _airgap(*args)
         assert proc.returncode == 0, proc.stderr
-        assert seen == ["Bearer k-primary"]
+        assert seen == ["/score?verbose=1", "Bearer k-primary"]  # the query string kept
         # The key is never printed.
         assert "k-primary" not in proc.stdout + proc.stderr
     finally:

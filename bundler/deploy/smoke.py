@@ -178,7 +178,8 @@ def run(
         conn = http.client.HTTPConnection(parts.netloc, timeout=spec.timeout)
     start = time.perf_counter()
     try:
-        conn.request(spec.method, parts.path or "/", body=body, headers=send)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request(spec.method, target, body=body, headers=send)
         resp = conn.getresponse()
         data = resp.read(MAX_ANSWER + 1)
         status = resp.status
