@@ -7,6 +7,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_REJECTED = 3
+EXIT_SMOKE = 4  # the server runs, but its answer to the smoke test is wrong (or missing)
 
 
 class BundleError(Exception):
@@ -167,3 +168,19 @@ class HostMismatchError(BundleError):
     """
 
     prefix = "host check"
+
+
+class InsufficientSpaceError(BundleError):
+    """A filesystem lacks the free bytes or inodes a job needs; refused before any write.
+
+    An error (exit 1), not a rejection: the bundle is fine, the host needs room.
+    """
+
+    prefix = "preflight"
+
+
+class SmokeTestError(BundleError):
+    """The bundle's smoke test got a wrong answer, or none (exit 4; see the README)."""
+
+    exit_code = EXIT_SMOKE
+    prefix = "smoke test failed"

@@ -45,16 +45,18 @@ ip link set lo up 2>/dev/null || true
 say() { printf '\n== %s\n' "\$*" >&2; }
 say "isolated side: verify the signature and every hash"
 $airgap verify iris.airgap --trust keys/airgap.pub
+say "isolated side: check this host first (space, noexec, Python, Docker, port)"
+$airgap doctor iris.airgap --trust keys/airgap.pub --dest deploy --port $port
 say "isolated side: unpack atomically"
 $airgap unpack iris.airgap deploy --trust keys/airgap.pub
 if [ "$use_docker" = 1 ]; then
     say "isolated side: build the image (no network) and run it"
     $airgap build deploy
-    $airgap run deploy --port $port --detach
+    $airgap run deploy --port $port --detach --smoke
     trap '$airgap stop deploy >/dev/null 2>&1 || true' EXIT
 else
     say "isolated side: serve locally in an isolated virtualenv"
-    $airgap serve deploy --port $port > serve.log 2>&1 &
+    $airgap serve deploy --port $port --smoke > serve.log 2>&1 &
     pid=\$!
     trap 'kill -TERM \$pid 2>/dev/null; wait \$pid 2>/dev/null || true' EXIT
 fi
@@ -80,6 +82,8 @@ with urllib.request.urlopen(req, timeout=10) as r:
 print("\n== POST /score", body.decode())
 print("== answer:", json.dumps(answer))
 EOP
+say "isolated side: the bundle's signed smoke test, against the running server"
+$airgap smoke deploy --url http://127.0.0.1:$port
 EOS
 
 if [ "$use_docker" = 1 ]; then

@@ -221,6 +221,7 @@ def summary(manifest: Manifest, bundle: Path | None = None) -> dict[str, Any]:
         "unpacked_size": manifest.payload.unpacked_size,
         "payload_size": manifest.payload.size,
         "payload_sha256": manifest.payload.sha256,
+        "smoke": None if manifest.smoke is None else manifest.smoke.to_json_dict(),
     }
     if bundle is not None:
         info["bundle_size"] = bundle.stat().st_size
@@ -252,6 +253,9 @@ def print_summary(info: dict[str, Any]) -> None:
         f"files:     {info['file_count']}, {human(info['unpacked_size'])} unpacked, "
         f"{human(info['payload_size'])} compressed"
     )
+    if info.get("smoke"):
+        sm = info["smoke"]
+        click.echo(f"smoke:     {sm['method']} {sm['path']} -> expects {sm['status']}")
     click.echo(f"packages:  {len(info['packages'])}")
     for p in info["packages"]:
         click.echo(f"  {p}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import BundleError, UsageError
+from ..formats.smoke import SmokeSpec
 from ._common import (
     auth_key_file_option,
     cli,
@@ -21,6 +22,7 @@ from ._common import (
     tls_key_option,
     to_stderr,
 )
+from .ops import own_server_extras, smoke_after_start, smoke_flag, smoke_spec_for
 
 
 @cli.command("build")
@@ -130,6 +132,7 @@ def build_cmd(
 @auth_key_file_option
 @metrics_port_option
 @json_option
+@smoke_flag
 @funnel
 def run_cmd(
     dest: Path,
@@ -147,6 +150,7 @@ def run_cmd(
     auth_key_file: Path | None,
     metrics_port: int | None,
     as_json: bool,
+    smoke: bool,
 ) -> None:
     """Run an unpacked bundle's image and wait until it answers (isolated side).
 
@@ -163,12 +167,20 @@ def run_cmd(
     must be readable by its group, which the container's user joins.
     --auth-key-file FILE is mounted read-only at /run/secrets/airgap-auth-keys (it
     must belong to uid 10001, the image's user); --metrics-port publishes the
-    metrics on 127.0.0.1 only.
+    metrics on 127.0.0.1 only. With --smoke, the bundle's smoke test is sent once
+    healthy (with the first key of --auth-key-file, over https with --tls-cert); if
+    it fails the container is stopped and removed (exit 4).
     """
     if metrics_port is not None and metrics_port == port:
         raise UsageError(
             f"--metrics-port {metrics_port} is the scoring port too", remedy="choose another port"
         )
+    if smoke and no_network:
+        raise UsageError(
+            "--smoke needs a published port; --no-network publishes none",
+            remedy="drop --smoke, or drop --no-network",
+        )
+    spec = smoke_spec_for(dest, trust) if smoke else None
     if local:
         _run_local(
             dest,
@@ -180,6 +192,7 @@ def run_cmd(
             trust,
             python,
             as_json,
+            spec=spec,
             tls_cert=tls_cert,
             tls_key=tls_key,
             auth_key_file=auth_key_file,
@@ -191,7 +204,7 @@ def run_cmd(
             "--python is for the local runner; the image runs its own python3",
             remedy="add --local, or drop --python",
         )
-    from ..deploy.docker import RunOptions, follow, start
+    from ..deploy.docker import RunOptions, follow, start, stop
 
     options = RunOptions(
         mode=mode,  # type: ignore[arg-type]  # click.Choice guarantees the value
@@ -206,6 +219,16 @@ def run_cmd(
         metrics_port=metrics_port,
     )
     running = start(dest, options, on_log=to_stderr)
+    result = None
+    if spec is not None and running.scoring_uri is not None:
+        try:
+            headers, context = own_server_extras(auth_key_file, tls=tls_cert is not None)
+            result = smoke_after_start(
+                spec, running.scoring_uri, headers=headers, ssl_context=context
+            )
+        except BundleError:
+            stop(dest)  # a failed smoke test leaves nothing running
+            raise
     if as_json:
         emit_json(
             {
@@ -219,9 +242,12 @@ def run_cmd(
                 "metrics_uri": running.metrics_uri,
                 "seconds": round(running.seconds, 3),
                 "detached": detach,
+                **({"smoke": result.to_json_dict()} if result is not None else {}),
             }
         )
     else:
+        if result is not None:
+            click.echo(result.summary())
         where = running.scoring_uri or (
             f"inside the container only (--no-network): docker exec {running.name} ..."
         )
@@ -251,6 +277,7 @@ def _run_local(
     python: Path | None,
     as_json: bool,
     *,
+    spec: SmokeSpec | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     auth_key_file: Path | None = None,
@@ -268,10 +295,20 @@ def _run_local(
         raise UsageError("--local needs a fixed --port", remedy="pass e.g. --port 6789")
     from ..deploy.local import serve as serve_local
 
+    headers, context = own_server_extras(auth_key_file, tls=tls_cert is not None)
+
     def ready(url: str) -> None:
+        result = (
+            smoke_after_start(spec, url, headers=headers, ssl_context=context)
+            if spec is not None
+            else None
+        )
+        extra = {"smoke": result.to_json_dict()} if result is not None else {}
         if as_json:
-            emit_json({"ok": True, "local": True, "scoring_uri": url + "/score"})
+            emit_json({"ok": True, "local": True, "scoring_uri": url + "/score", **extra})
         else:
+            if result is not None:
+                click.echo(result.summary(), err=True)
             click.echo(f"serving {dest} locally at {url}/score (Ctrl-C stops)", err=True)
 
     serve_local(

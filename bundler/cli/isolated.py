@@ -28,6 +28,7 @@ from ._common import (
     tls_key_option,
     trust_option,
 )
+from .ops import own_server_extras, smoke_after_start, smoke_flag, smoke_spec_for
 
 
 @cli.command("serve")
@@ -53,6 +54,7 @@ from ._common import (
 @auth_key_file_option
 @metrics_port_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line once healthy.")
+@smoke_flag
 @funnel
 def serve_cmd(
     dest: Path,
@@ -65,6 +67,7 @@ def serve_cmd(
     auth_key_file: Path | None,
     metrics_port: int | None,
     as_json: bool,
+    smoke: bool,
 ) -> None:
     """Serve an unpacked bundle locally, without Docker (isolated side).
 
@@ -81,17 +84,32 @@ def serve_cmd(
     SCORING_TIMEOUT_MS pass through (see docs/runtime.md). SIGTERM, SIGHUP and
     Ctrl-C stop it gracefully; a second Ctrl-C forces the stop (exit 130). The
     server never outlives this command, even if it is killed.
-    SCORING_TIMEOUT_MS pass through (see docs/runtime.md).
     --auth-key-file makes every route but GET / and OPTIONS ask for
     "Authorization: Bearer <key>"; --metrics-port serves Prometheus metrics on
-    HOST:PORT/metrics.
+    HOST:PORT/metrics. With --smoke, the bundle's smoke test is sent once healthy
+    (with the first key of --auth-key-file, over https with --tls-cert); if it fails
+    the server stops (exit 4).
     """
     from ..deploy.local import serve as serve_local
 
+    spec = smoke_spec_for(dest, trust) if smoke else None
+    headers, context = own_server_extras(auth_key_file, tls=tls_cert is not None)
+
     def ready(url: str) -> None:
+        # A failed smoke test raises here: serve() stops the server, the funnel exits 4.
+        result = (
+            smoke_after_start(spec, url, headers=headers, ssl_context=context)
+            if spec is not None
+            else None
+        )
         if as_json:
-            click.echo(json.dumps({"ok": True, "url": url, "scoring_uri": url + "/score"}))
+            line: dict[str, object] = {"ok": True, "url": url, "scoring_uri": url + "/score"}
+            if result is not None:
+                line["smoke"] = result.to_json_dict()
+            click.echo(json.dumps(line))
         else:
+            if result is not None:
+                click.echo(result.summary(), err=True)
             click.echo(f"serving {dest} at {url}/score (Ctrl-C stops)", err=True)
 
     if metrics_port is not None and metrics_port == port:

@@ -48,6 +48,7 @@ from ..layout import (
     WHEELS_REQUIREMENTS,
     PackageMode,
 )
+from ..preflight import Need, build_need, free_space, require, tree_need
 from ..verify.tree import check_unpacked, open_regular
 from .authkeys import CONTAINER_KEY_PATH, check_container_key_file
 from .dockerfile import (
@@ -288,6 +289,8 @@ def build(
         EngineUnavailableError: no engine answers.
         HostMismatchError: the engine's architecture, or the base image's C library or
             Python, does not fit the bundle's target (checked before anything is built).
+        InsufficientSpaceError: the Docker data root (when local) or the temporary folder
+            lacks the room the contexts, layers and base image take (checked before any of it).
         ImageBuildError: the base image is not pinned or missing, or the build failed.
     """
     dest = Path(os.path.abspath(dest))
@@ -297,6 +300,7 @@ def build(
     eng = _connect(engine)
     # The engine's architecture first (no image work), then the image's own libc and Python.
     require_host(manifest, engine_facts(eng), subject="the Docker engine", doing="build")
+    require_build_space(eng, manifest, _variants(variant, manifest))
     base_loaded = _ensure_base(eng, dest, manifest, on_line)
     assert manifest.base_image is not None and manifest.base_image.digest is not None
     base_ref, base_digest = manifest.base_image.ref, manifest.base_image.digest
@@ -332,6 +336,68 @@ def build(
         base_loaded=base_loaded,
         images=tuple(images),
     )
+
+
+def context_files(manifest: Manifest, variant: Variant) -> list[FileEntry]:
+    """The manifest files `build_context` puts in ``variant``'s context (without checking)."""
+    dockerfile = DOCKERFILE_BAKED if variant == "baked" else DOCKERFILE
+    roots = {RUNTIME_DIR, MODEL_DIR, APP_DIR} | (
+        {SITE_DIR, PREFIX_DIR} if variant == "baked" else set()
+    )
+    return [f for f in manifest.files if f.path == dockerfile or f.path.split("/", 1)[0] in roots]
+
+
+def build_space(
+    engine: Engine, manifest: Manifest, variants: Sequence[Variant]
+) -> list[tuple[Path, Need, str]]:
+    """Where `build` writes and how much: the Docker data root (when the engine is local)
+    and the temporary folder holding the context tar, as (path, need, what) triples."""
+    base = manifest.base_image
+    load = base is not None and base.digest is not None
+    load = load and base is not None and engine.image_id(str(base.digest)) != base.digest
+    tar = manifest.file_map().get(BASE_IMAGE_TAR)
+    base_bytes = tar.size if load and tar is not None else 0
+    contexts = [[(f.path, f.size) for f in context_files(manifest, v)] for v in variants]
+    checks: list[tuple[Path, Need, str]] = []
+    root = engine.data_root()
+    if root is not None and Path(root).is_dir():
+        block = free_space(Path(root)).block_size
+        # Each variant adds its own context and layers; the base image is loaded once.
+        needs = [
+            build_need(files, base_bytes if i == 0 else 0, block)
+            for i, files in enumerate(contexts)
+        ]
+        total = Need(sum(n.bytes for n in needs), sum(n.inodes for n in needs))
+        checks.append((Path(root), total, "the Docker data root"))
+    tmp = Path(tempfile.gettempdir())
+    block = free_space(tmp).block_size
+    # One context tar at a time, as a single file: its size is the files plus tar headers.
+    biggest = max(
+        (sum(512 + -(-s // 512) * 512 for _, s in files) for files in contexts), default=0
+    )
+    checks.append((tmp, tree_need([("context.tar", biggest)], block), "the temporary folder"))
+    return checks
+
+
+def require_build_space(engine: Engine, manifest: Manifest, variants: Sequence[Variant]) -> None:
+    """The build preflight: refuse before loading or building anything when it cannot fit.
+
+    Raises:
+        InsufficientSpaceError: naming the place, the bytes needed and free.
+    """
+    try:
+        checks = build_space(engine, manifest, variants)
+    except OSError as e:
+        raise BundleError(f"cannot ask for free space: {e}") from e
+    for path, need, what in checks:
+        require(
+            path,
+            need,
+            doing=f"build {manifest.name} {manifest.version} ({what})",
+            remedy="free space there (`docker system prune` removes unused images) or move "
+            "it (the engine's data-root in /etc/docker/daemon.json, TMPDIR for the temporary "
+            "folder)",
+        )
 
 
 def _check_from(ctx: IO[bytes], dockerfile: str, digest: str) -> None:

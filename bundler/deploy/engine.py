@@ -129,6 +129,13 @@ class Engine(Protocol):
     def platform(self) -> str:
         """The engine's operating system and architecture, e.g. ``linux/x86_64``."""
 
+    def server_version(self) -> str:
+        """The engine's version string, e.g. "20.10.24+dfsg1"."""
+
+    def data_root(self) -> str | None:
+        """The engine's data root (``docker info``: DockerRootDir) when the engine runs on
+        this machine (a local socket), so its free space can be read here; else None."""
+
 
 @contextlib.contextmanager
 def _translated(action: str, error: type[BundleError], remedy: str | None = None) -> Iterator[None]:
@@ -437,6 +444,15 @@ class DockerEngine:
         with _translated("ask the engine its platform", EngineUnavailableError):
             info = self._client.info()
         return f"{str(info.get('OSType', 'unknown')).lower()}/{info.get('Architecture', 'unknown')}"
+
+    def data_root(self) -> str | None:
+        # The SDK names a unix-socket engine http+docker://; tcp:// and ssh:// engines are
+        # elsewhere, and a path of theirs that happens to exist here says nothing about them.
+        if not str(self._api.base_url).startswith("http+docker://"):
+            return None
+        with _translated("ask the engine its data root", EngineUnavailableError):
+            root = self._client.info().get("DockerRootDir")
+        return str(root) if root else None
 
 
 def _info(data: Mapping[str, Any]) -> ContainerInfo:

@@ -12,6 +12,8 @@ from typing import Any, Final, cast
 from ..errors import ManifestError, ResourceLimitError, UnsafeMemberError
 from ..layout import OUTER_MANIFEST, PACKAGE_MODES, PAYLOAD_ROOTS, PackageMode
 from .limits import DEFAULT_LIMITS, Limits
+from .smoke import SmokeSpec
+from .smoke import validate as validate_smoke
 
 FORMAT: Final = "airgap-bundle/1"
 _SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
@@ -88,6 +90,8 @@ class Manifest:
     packages: tuple[Package, ...] = ()
     base_image: BaseImage | None = None
     expires: int | None = None
+    # Optional key (revision 1.2): the smoke test bundle.toml's [smoke] table declares.
+    smoke: SmokeSpec | None = None
     format: str = FORMAT
 
     def file_map(self) -> dict[str, FileEntry]:
@@ -96,6 +100,14 @@ class Manifest:
 
     def to_json_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON values (the shape documented in docs/format.md)."""
+        out = self._required_json()
+        # Optional keys are left out when unset, so a bundle without them has the same bytes
+        # as before they existed (and 1.0/1.1 readers, which ignore unknown keys, read it).
+        if self.smoke is not None:
+            out["smoke"] = self.smoke.to_json_dict()
+        return out
+
+    def _required_json(self) -> dict[str, Any]:
         return {
             "format": self.format,
             "name": self.name,
@@ -387,6 +399,13 @@ def parse_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
         raise _invalid("field 'signer' must be a key id (64 lowercase hex digits)")
     created = top.integer("created")
     expires = top.integer("expires", optional=True)
+    smoke = None
+    if top.obj.get("smoke") is not None:
+        if not isinstance(top.obj["smoke"], dict):
+            raise _invalid("field 'smoke' must be a JSON object")
+        smoke, problems = validate_smoke(top.obj["smoke"])
+        if problems:
+            raise _invalid("; ".join(problems))
     return Manifest(
         format=fmt,
         name=top.text("name"),
@@ -407,6 +426,7 @@ def parse_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
         packages=tuple(packages),
         payload=payload,
         files=tuple(files),
+        smoke=smoke,
     )
 
 

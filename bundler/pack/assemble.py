@@ -27,6 +27,7 @@ from ..formats.manifest import (
     check_name_set,
 )
 from ..formats.signing import key_id, sign
+from ..formats.smoke import SmokeSpec
 from ..layout import PackageMode
 from ..progress import NullProgress, Progress
 
@@ -64,6 +65,7 @@ class BundleMeta:
     packages: tuple[Package, ...] = ()
     base_image: BaseImage | None = None
     expires: int | None = None
+    smoke: SmokeSpec | None = None
 
 
 def normal_mode(st_mode: int) -> int:
@@ -185,6 +187,7 @@ def write_bundle(
             env=dict(meta.env),
             packages=meta.packages,
             base_image=meta.base_image,
+            smoke=meta.smoke,
             payload=PayloadInfo(
                 sha256=stats.sha256,
                 size=stats.size,

@@ -235,6 +235,7 @@ def pack(
             env=dict(project.env),
             packages=tuple(mf.Package(name=n, version=v) for n, v in sorted(installed)),
             base_image=base,
+            smoke=project.smoke,
         )
         return write_bundle(
             out, files, meta, private_key, level=level, threads=threads, progress=progress

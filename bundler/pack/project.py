@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import tomllib
 from collections.abc import Mapping
@@ -13,6 +14,10 @@ from typing import Any, Final, cast
 from packaging.version import InvalidVersion, Version
 
 from ..errors import ProjectError
+from ..formats.smoke import KEYS as SMOKE_KEYS
+from ..formats.smoke import MAX_BODY as SMOKE_MAX_BODY
+from ..formats.smoke import SmokeSpec
+from ..formats.smoke import validate as validate_smoke
 from ..layout import MODEL_DIR, PACKAGE_MODES, PackageMode
 from ..target import Target
 
@@ -33,6 +38,7 @@ _TOP_KEYS: Final = frozenset(
         "target",
         "env",
         "models",
+        "smoke",
     }
 )
 _TARGET_KEYS: Final = frozenset({"python", "platforms", "implementation", "abi"})
@@ -95,6 +101,7 @@ class Project:
     env: Mapping[str, str] = field(default_factory=dict)
     expires_days: int | None = None  # `expires = 90`: days after creation
     expires_on: dt.datetime | None = None  # `expires = 2027-01-01`: a fixed UTC instant
+    smoke: SmokeSpec | None = None  # [smoke]: the request and expected answer, signed
 
     @property
     def model(self) -> Path:
@@ -162,6 +169,13 @@ def parse_project(data: Mapping[str, Any], root: Path, *, source: str = PROJECT_
     return project
 
 
+def _is_json_type(headers: tuple[tuple[str, str], ...]) -> bool:
+    for name, value in headers:
+        if name.lower() == "content-type":
+            return value.split(";", 1)[0].strip().lower().endswith("json")
+    return False
+
+
 class _Checker:
     """Collects every problem in bundle.toml instead of stopping at the first."""
 
@@ -196,6 +210,7 @@ class _Checker:
         env = self.env()
         days, on = self.expires()
         target = self.target()
+        smoke = self.smoke()
         for m in models:
             self.layout_rules(entry, source_dir, m.path)
         if self.problems:
@@ -215,6 +230,7 @@ class _Checker:
             env=env,
             expires_days=days,
             expires_on=on,
+            smoke=smoke,
         )
 
     # --- fields ------------------------------------------------------------------------
@@ -384,6 +400,75 @@ class _Checker:
             "(expires = 2027-01-01, unquoted)"
         )
         return None, None
+
+    def smoke(self) -> SmokeSpec | None:
+        """``[smoke]``: ``request`` (inline) or ``request_file``, and the expected answer."""
+        if "smoke" not in self.data:
+            return None
+        raw = self.data["smoke"]
+        if not isinstance(raw, dict):
+            self.add("smoke must be a table: [smoke] then request = '{\"data\": ...}' ...")
+            return None
+        known = (SMOKE_KEYS - {"body"}) | {"request", "request_file"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            self.add(
+                f"unknown key(s) smoke.{', smoke.'.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        fields = {k: v for k, v in raw.items() if k in known - {"request", "request_file"}}
+        body = self.smoke_body(raw)
+        if body is not None:
+            fields["body"] = body
+            headers = fields.get("headers", {})
+            if isinstance(headers, dict) and not any(
+                isinstance(k, str) and k.lower() == "content-type" for k in headers
+            ):
+                fields["headers"] = {**headers, "Content-Type": "application/json"}
+        fields.setdefault("method", "POST" if "body" in fields else "GET")
+        spec, problems = validate_smoke(fields)
+        for problem in problems:
+            self.add(problem)
+        if spec is not None and spec.body is not None and _is_json_type(spec.headers):
+            try:
+                json.loads(spec.body)
+            except ValueError as e:
+                self.add(f"smoke: the request is not valid JSON ({e}); fix it or set Content-Type")
+                return None
+        return spec
+
+    def smoke_body(self, raw: Mapping[str, Any]) -> str | None:
+        if "request" in raw and "request_file" in raw:
+            self.add("smoke.request and smoke.request_file are both set; use one")
+            return None
+        if "request_file" in raw:
+            path = self.path("smoke.request_file", raw["request_file"], kind="file")
+            if path is None:
+                return None
+            if path.stat().st_size > SMOKE_MAX_BODY:
+                self.add(f"smoke.request_file is over {SMOKE_MAX_BODY} bytes; use a smaller sample")
+                return None
+            try:
+                return path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                self.add(f"smoke.request_file cannot be read as UTF-8 text ({e})")
+                return None
+        if "request" not in raw:
+            return None
+        value = raw["request"]
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (dict, list)):
+            try:  # a TOML table or array: sent as its JSON text
+                return json.dumps(value, allow_nan=False, separators=(",", ":"))
+            except (TypeError, ValueError):
+                self.add("smoke.request holds a date or NaN, which JSON cannot carry")
+                return None
+        self.add(
+            "smoke.request must be the body as a string ('{\"data\": [[1, 2]]}') or a TOML "
+            "table/array sent as JSON"
+        )
+        return None
 
     def target(self) -> Target | None:
         raw = self.data.get("target", {})

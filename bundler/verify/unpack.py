@@ -30,6 +30,7 @@ from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest, parse_manifest
 from ..formats.signing import load_trusted_keys, public_key_pem
 from ..layout import OUTER_PAYLOAD, STATE_DIR, STATE_MANIFEST, STATE_SIGNATURE, STATE_SIGNER
+from ..preflight import free_space, require, unpack_need
 from ..progress import NullProgress, Progress
 from .policy import MemberTracker, Verified, check_rollback, verify_manifest
 
@@ -51,12 +52,23 @@ class Opened:
 
 
 def _open_checked(
-    f: BinaryIO, trust: Sequence[Path], now: int, limits: Limits, progress: Progress
+    f: BinaryIO,
+    trust: Sequence[Path],
+    now: int,
+    limits: Limits,
+    progress: Progress,
+    after_manifest: Callable[[Verified], None] | None = None,
 ) -> Opened:
-    """Signature, manifest and payload hash: everything before decompressing a byte."""
+    """Signature, manifest and payload hash: everything before decompressing a byte.
+
+    ``after_manifest`` runs once the signed manifest is verified, before the payload is
+    hashed (unpack's free-space preflight: refuse early, on sizes that are signed).
+    """
     keys = load_trusted_keys(trust)
     outer = read_outer(f, limits)
     verified = verify_manifest(outer.manifest, outer.signature, keys, now=now, limits=limits)
+    if after_manifest is not None:
+        after_manifest(verified)
     info = verified.manifest.payload
     if outer.payload_size != info.size:
         raise IntegrityError(
@@ -297,6 +309,7 @@ def unpack(
 
     Raises:
         BundleRejected subclasses (exit 3): any failed check, including rollback.
+        InsufficientSpaceError: the new tree does not fit beside ``dest``; nothing written.
         BundleError: ``dest`` cannot be written, or is a folder airgap did not make.
     """
     progress = progress or NullProgress()
@@ -321,7 +334,9 @@ def unpack(
                 remedy="choose a new or empty destination folder",
             )
         with _open_bundle(bundle) as f:
-            opened = _open_checked(f, trust, _now(now), limits, progress)
+            opened = _open_checked(
+                f, trust, _now(now), limits, progress, lambda v: _require_space(parent, v)
+            )
             if installed is not None and installed.name == opened.manifest.name:
                 check_rollback(opened.manifest, installed, allow_downgrade=allow_downgrade)
             if before_write is not None:
@@ -344,6 +359,26 @@ def unpack(
                 if stage_root is not None:
                     _remove(stage_root)
         return opened.verified
+
+
+def _require_space(parent: Path, verified: Verified) -> None:
+    """The preflight: the whole new tree must fit beside DEST before the stage is made.
+
+    Raises:
+        InsufficientSpaceError: naming the bytes (or inodes) needed and free.
+    """
+    try:
+        block = free_space(parent).block_size
+    except OSError as e:
+        raise BundleError(f"cannot ask {parent} for its free space: {e.strerror}") from e
+    need = unpack_need(verified.manifest, len(verified.manifest_bytes), block)
+    require(
+        parent,
+        need,
+        doing=f"unpack {verified.manifest.name} {verified.manifest.version}",
+        remedy="free space there or unpack elsewhere; the old DEST is kept until the new tree "
+        "is complete, so both must fit at once (`airgap doctor BUNDLE --dest DIR` checks first)",
+    )
 
 
 def _install(stage_root: Path, dest: Path) -> None:
