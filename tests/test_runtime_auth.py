@@ -303,7 +303,10 @@ def test_debug_errors_send_the_detail_to_the_client(tmp_path: Path) -> None:
     assert "AIRGAP_DEBUG_ERRORS=1: error answers carry tracebacks" in server.stderr
 
 
-def test_a_failure_outside_run_answers_generic_json_with_the_id_logged(tmp_path: Path) -> None:
+def test_a_response_that_fails_to_render_answers_generic_json_with_the_id_logged(
+    tmp_path: Path,
+) -> None:
+    # The Response is rendered under run()'s own guard: its failure is run()'s failure.
     script = tmp_path / "bad_response.py"
     script.write_text(
         "from azureml.contrib.services.aml_response import AMLResponse\n"
@@ -328,10 +331,11 @@ def test_a_failure_outside_run_answers_generic_json_with_the_id_logged(tmp_path:
         assert headers["x-request-id"] == f"render-{debug}"
         answer = json.loads(body)
         assert answer["message"] == (
-            "An unexpected internal error occurred. Check the logs for more info."
+            "An unexpected error occurred in scoring script. Check the logs for more info."
         )
+        assert headers["x-ms-run-function-failed"] == "True"
         assert ("detail" in answer) is (debug == "1")
         assert ("secret while rendering" in body.decode()) is (debug == "1")
-        assert f"request failed (request render-{debug}):\nTraceback" in server.stderr
+        assert f"run() raised (request render-{debug}):\nTraceback" in server.stderr
         assert "RuntimeError: secret while rendering" in server.stderr
         assert " 500 " in server.stdout

@@ -619,3 +619,25 @@ def test_scoring_timeout_default_follows_worker_timeout(
     (tmp_path / "score.py").write_text("")
     settings = config.load_settings({"AZUREML_ENTRY_SCRIPT": "score.py", **env}, tmp_path)
     assert settings.scoring_timeout_ms == expected
+
+
+# ---- a Response run() returned is rendered under run()'s own guard -----------------------
+
+
+def test_a_response_body_that_raises_or_blocks_is_run_s_failure(tmp_path: Path) -> None:
+    server = serve(tmp_path, "response_body_fails.py", SCORING_TIMEOUT_MS="1000")
+    try:
+        raised = post(server, "/score", b'{"mode": "raise"}', JSON_CT)
+        blocked = post(server, "/score", b'{"mode": "block"}', JSON_CT)
+        fine = post(server, "/score", b"{}", JSON_CT)
+    finally:
+        server.stop()
+    status, headers, body = raised
+    assert status == 500
+    assert headers["x-ms-run-function-failed"] == "True"
+    assert "secret detail" not in body.decode()
+    assert "secret detail from the body generator" in server.stderr  # the log has it
+    status, headers, body = blocked
+    assert status == 500
+    assert body_of(body) == {"message": "Scoring timeout after 1000 ms"}
+    assert fine[0] == 200 and fine[2] == b"ok"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -12,7 +13,7 @@ import time
 import traceback
 import uuid
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from . import auth as _auth
@@ -454,14 +455,7 @@ class ScoringApp:
                 raise _Refused(400, f"Input cannot be decoded as UTF-8: {e}") from None
         except _Refused as e:
             return e.status, _error(e.message), JSON, [_FAILED]
-        started = time.perf_counter()
-        try:
-            result = self._call_run(text, environ)
-        except ScoringTimeout:
-            return self._timed_out(rid)
-        except Exception:
-            return self._run_raised(rid)
-        return self._result(result, started, rid, environ)
+        return self._answer(self._plain_call(text, environ), rid, environ)
 
     def _score_other(
         self, environ: dict[str, Any], method: str, rid: str
@@ -469,28 +463,14 @@ class ScoringApp:
         """GET /score (any script) and POST /score for an inference-schema run()."""
         if self._kind == PLAIN:  # GET: the query as a JSON object text, passed like a body
             text = json.dumps(parse_query(environ))
-            started = time.perf_counter()
-            try:
-                result = self._call_run(text, environ)
-            except ScoringTimeout:
-                return self._timed_out(rid)
-            except Exception:
-                return self._run_raised(rid)
-            return self._result(result, started, rid, environ)
+            return self._answer(self._plain_call(text, environ), rid, environ)
         try:
             kwargs = self._schema_input(environ, method)
         except _Refused as e:
             return e.status, _error(e.message), JSON, [_FAILED]
         if self._wants_headers:
             kwargs["request_headers"] = request_headers(environ)
-        started = time.perf_counter()
-        try:
-            result = self._invoke(self._run, kwargs)
-        except ScoringTimeout:
-            return self._timed_out(rid)
-        except Exception:
-            return self._run_raised(rid)
-        return self._result(result, started, rid, environ)
+        return self._answer(functools.partial(self._run, **kwargs), rid, environ)
 
     def _schema_input(self, environ: dict[str, Any], method: str) -> dict[str, Any]:
         if method == "GET":
@@ -543,12 +523,8 @@ class ScoringApp:
         elapsed = ("x-ms-run-fn-exec-ms", f"{(time.perf_counter() - started) * 1000.0:.3f}")
         # Any script may answer with an AMLResponse (or any werkzeug/Flask Response). werkzeug
         # is loaded only if the script loaded it: otherwise the result cannot be one.
-        if "werkzeug" in sys.modules:
-            from . import rawhttp
-
-            if rawhttp.is_response(result):
-                status, body, headers = rawhttp.flatten(result, environ)
-                return status, body, None, [*headers, elapsed]
+        if isinstance(result, _Flat):
+            return result.status, result.body, None, [*result.headers, elapsed]
         if result is None:
             out = b"{}"  # Azure ML sends an empty object for None, not null
         else:
@@ -560,42 +536,43 @@ class ScoringApp:
                 return 500, _error(INTERNAL, detail), JSON, [_FAILED]
         return 200, out, JSON, [_FAILED, elapsed]
 
-    def _call_run(self, text: str, environ: dict[str, Any]) -> Any:
-        run = self._run
+    def _answer(
+        self, call: Callable[[], Any], rid: str, environ: dict[str, Any]
+    ) -> tuple[int, bytes, str | None, list[tuple[str, str]]]:
+        """Call run() (``call``) under the scoring timeout and turn what it gave into an answer.
+
+        A Response run() returned is rendered inside the same guard: a body generator that
+        raises or blocks is run()'s failure (500, or the timeout), never an escaped error.
+        """
+        started = time.perf_counter()
+        try:
+            result = self._timed(lambda: _materialize(call(), environ))
+        except ScoringTimeout:
+            return self._timed_out(rid)
+        except Exception:
+            return self._run_raised(rid)
+        return self._result(result, started, rid, environ)
+
+    def _plain_call(self, text: str, environ: dict[str, Any]) -> Callable[[], Any]:
+        if self._wants_headers:
+            return functools.partial(self._run, text, request_headers=request_headers(environ))
+        return functools.partial(self._run, text)
+
+    def _timed(self, func: Callable[[], Any]) -> Any:
+        """``func()`` with SIGALRM armed for SCORING_TIMEOUT_MS (off when it is 0)."""
         if self._timeout_s <= 0:
-            if self._wants_headers:
-                return run(text, request_headers=request_headers(environ))
-            return run(text)
+            return func()
         try:
             try:
                 self._armed = True
                 # Repeats every second after the first expiry, in case run() swallows one.
                 signal.setitimer(signal.ITIMER_REAL, self._timeout_s, 1.0)
-                if self._wants_headers:
-                    return run(text, request_headers=request_headers(environ))
-                return run(text)
+                return func()
             finally:
                 self._armed = False
                 signal.setitimer(signal.ITIMER_REAL, 0.0, 0.0)
         except ScoringTimeout:
             # The alarm may have landed inside the finally clause, before the timer was off.
-            self._armed = False
-            signal.setitimer(signal.ITIMER_REAL, 0.0, 0.0)
-            raise
-
-    def _invoke(self, func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-        """``func(**kwargs)`` under the scoring timeout (the same arming as _call_run)."""
-        if self._timeout_s <= 0:
-            return func(**kwargs)
-        try:
-            try:
-                self._armed = True
-                signal.setitimer(signal.ITIMER_REAL, self._timeout_s, 1.0)
-                return func(**kwargs)
-            finally:
-                self._armed = False
-                signal.setitimer(signal.ITIMER_REAL, 0.0, 0.0)
-        except ScoringTimeout:
             self._armed = False
             signal.setitimer(signal.ITIMER_REAL, 0.0, 0.0)
             raise
@@ -630,14 +607,28 @@ class ScoringApp:
         kwargs: dict[str, Any] = {self._iface.input_name: rawhttp.make_request(environ, self._max)}
         if self._wants_headers:
             kwargs["request_headers"] = request_headers(environ)
-        started = time.perf_counter()
-        try:
-            result = self._invoke(self._run, kwargs)
-        except ScoringTimeout:
-            return self._timed_out(rid)
-        except Exception:
-            return self._run_raised(rid)
-        return self._result(result, started, rid, environ)
+        return self._answer(functools.partial(self._run, **kwargs), rid, environ)
+
+
+class _Flat(NamedTuple):
+    """A Response run() returned, rendered: status, whole body, headers."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]]
+
+
+def _materialize(result: Any, environ: dict[str, Any]) -> Any:
+    """Render a werkzeug/Flask Response (AMLResponse) run() returned; other values as they are.
+
+    werkzeug is loaded only if the script loaded it: otherwise the result cannot be one.
+    """
+    if "werkzeug" in sys.modules:
+        from . import rawhttp
+
+        if rawhttp.is_response(result):
+            return _Flat(*rawhttp.flatten(result, environ))
+    return result
 
 
 def _status_line(code: int) -> str:
