@@ -20,8 +20,19 @@ interleaved rounds with wrk (Debian package `wrk`) POSTing the same request:
              dependency of the project (its wheel is not open-source licensed).
 
 Results (median of the rounds, with ratios) are written as markdown to
-bench/results/runtime.md. Targets: airgap >= 1.5x the reference's req/s, and >= 0.9x the
-ceiling's.
+bench/results/runtime.md. Targets: airgap >= 1.5x the reference's req/s at every concurrency
+measured (1, 8 and 64 connections), and >= 0.9x the ceiling's.
+
+Two more measures, in the same run (issue 8):
+
+- auth and TLS: the same airgap server with key auth on (`AIRGAP_AUTH_KEY_FILE`, every wrk
+  request sends `Authorization: Bearer ...`) and with TLS (`AIRGAP_TLS_CERT`/`AIRGAP_TLS_KEY`,
+  a self-signed P-256 certificate), side by side with the plain one. Target: auth costs at
+  most 5% of throughput.
+- slow clients: 64 connections that send their request headers one byte at a time (and
+  reconnect whenever the server drops them) are held open against airgap and against the
+  reference while wrk measures normal requests. Target: airgap's p99 under slow clients stays
+  under 3x its p99 without them.
 """
 
 from __future__ import annotations
@@ -34,15 +45,20 @@ import platform
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bundler.pack import runtime_sources  # noqa: E402
+
 CACHE = REPO / "bench" / ".cache"
 RESULTS = REPO / "bench" / "results"
 RUNTIME_SRC = REPO / "bundler" / "runtime"
@@ -77,6 +93,7 @@ WRK_LUA = """-- POST the iris request; print one machine-readable line at the en
 wrk.method = "POST"
 wrk.body = '%s'
 wrk.headers["Content-Type"] = "application/json"
+%s
 
 done = function(summary, latency, requests)
   io.write(string.format(
@@ -171,12 +188,19 @@ class Server:
     env: dict[str, str]
     cwd: Path
     port: int
+    tls: bool = False
     proc: subprocess.Popen[bytes] | None = None
-    rounds: list[dict[str, float]] = field(default_factory=list)
+    # measurements by scenario name ("c8", "slow", ...), one entry per round
+    rounds: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def _open(self, req: urllib.request.Request | str, timeout: float) -> object:
+        # The benchmark's own self-signed certificate: not verified (wrk does not either).
+        context = ssl._create_unverified_context() if self.tls else None
+        return urllib.request.urlopen(req, timeout=timeout, context=context)
 
     def start(self, logdir: Path) -> None:
         out = (logdir / f"{self.name}.log").open("wb")
@@ -196,18 +220,20 @@ class Server:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{self.name} exited with {self.proc.returncode}; see its log")
             try:
-                with urllib.request.urlopen(self.url + "/", timeout=5) as resp:
+                with self._open(self.url + "/", 5) as resp:  # type: ignore[attr-defined]
                     if resp.status == 200:
                         return
             except OSError:
                 time.sleep(0.2)
         raise SystemExit(f"{self.name} did not become healthy in {timeout}s")
 
-    def score_once(self) -> bytes:
+    def score_once(self, headers: dict[str, str] | None = None) -> bytes:
         req = urllib.request.Request(
-            self.url + "/score", data=PAYLOAD, headers={"Content-Type": "application/json"}
+            self.url + "/score",
+            data=PAYLOAD,
+            headers={"Content-Type": "application/json", **(headers or {})},
         )
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with self._open(req, 30) as resp:  # type: ignore[attr-defined]
             assert resp.status == 200
             body: bytes = resp.read()
             return body
@@ -255,13 +281,53 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+class SlowClients:
+    """``count`` connections that each send a request's headers one byte every ``gap`` s.
+
+    When the server drops one (a header deadline), it reconnects at once, so ``count`` slow
+    connections stay open for as long as the attack runs: what a slowloris client does.
+    """
+
+    def __init__(self, port: int, count: int, gap: float = 0.5) -> None:
+        self.port, self.count, self.gap = port, count, gap
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.reconnects = 0
+
+    def _one(self) -> None:
+        request = b"POST /score HTTP/1.1\r\nHost: bench\r\nX-Slow: " + b"a" * 10_000
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                    for i in range(len(request)):
+                        if self._stop.wait(self.gap):
+                            return
+                        sock.sendall(request[i : i + 1])
+            except OSError:
+                self.reconnects += 1
+                self._stop.wait(0.05)
+
+    def __enter__(self) -> SlowClients:
+        for _ in range(self.count):
+            t = threading.Thread(target=self._one, daemon=True)
+            t.start()
+            self._threads.append(t)
+        time.sleep(2.0)  # let them all connect and start dribbling
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+
 def wrk(url: str, lua: Path, connections: int, duration: float, threads: int) -> dict[str, float]:
     out = subprocess.run(
         [
             "wrk",
             f"-t{threads}",
             f"-c{connections}",
-            f"-d{duration:g}s",
+            f"-d{max(1, round(duration))}s",  # wrk takes whole seconds
             "--timeout",
             "30s",
             "-s",
@@ -275,6 +341,8 @@ def wrk(url: str, lua: Path, connections: int, duration: float, threads: int) ->
     line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
     data = json.loads(line[len("WRKJSON ") :])
     errors = sum(data[k] for k in ("connect", "read", "write", "status", "timeout"))
+    if data["requests"] == 0:
+        data["p50_us"] = data["p99_us"] = 0
     return {
         "rps": data["requests"] / (data["duration_us"] / 1e6),
         "p50_ms": data["p50_us"] / 1000.0,
@@ -282,6 +350,7 @@ def wrk(url: str, lua: Path, connections: int, duration: float, threads: int) ->
         "requests": float(data["requests"]),
         "errors": float(errors),
         "status_errors": float(data["status"]),
+        "timeouts": float(data["timeout"]),
     }
 
 
@@ -292,6 +361,41 @@ def _version(python: Path, dist: str, path: Path | None = None) -> str:
         env["PYTHONPATH"] = str(path)
     proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env)
     return proc.stdout.strip() or "?"
+
+
+def _auth_key_file(work: Path) -> tuple[Path, str]:
+    key = hashlib.sha256(os.urandom(32)).hexdigest()
+    path = work / "auth.keys"
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return path, key
+
+
+def _tls_files(work: Path) -> tuple[Path, Path]:
+    cert, key = work / "tls.crt", work / "tls.key"
+    run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    key.chmod(0o600)
+    return cert, key
+
+
+def _lay_out_runtime(work: Path) -> Path:
+    """The runtime's files as a bundle holds them (runtime/airgap_runtime, runtime/azureml...)."""
+    root = work / "runtime"
+    for f in runtime_sources():
+        path = work / f.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert isinstance(f.source, bytes)
+        path.write_bytes(f.source)
+    return root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,13 +413,20 @@ def main(argv: list[str] | None = None) -> int:
         "its requirements.lock into bench/.cache)",
     )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--concurrency",
+        default="1,8,64",
+        help="wrk connections for the throughput comparison, comma-separated",
+    )
+    parser.add_argument("--slow-clients", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS / "runtime.md")
     args = parser.parse_args(argv)
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    normal = 8 if 8 in levels else levels[0]  # the concurrency of the auth/TLS/slow measures
 
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -337,13 +448,18 @@ def main(argv: list[str] | None = None) -> int:
 
     work = CACHE / "run"
     shutil.rmtree(work, ignore_errors=True)
-    (work / "runtime" / "airgap_runtime").mkdir(parents=True)
-    for src in RUNTIME_SRC.glob("*.py"):
-        shutil.copy(src, work / "runtime" / "airgap_runtime" / src.name)
+    work.mkdir(parents=True)
+    runtime = _lay_out_runtime(work)
     (work / "ceiling").mkdir()
     (work / "ceiling" / "ceiling_app.py").write_text(CEILING_APP)
+    key_file, key = _auth_key_file(work)
+    cert, tls_key = _tls_files(work)
     lua = work / "post.lua"
-    lua.write_text(WRK_LUA % PAYLOAD.decode())
+    lua.write_text(WRK_LUA % (PAYLOAD.decode(), ""))
+    lua_auth = work / "post-auth.lua"
+    lua_auth.write_text(
+        WRK_LUA % (PAYLOAD.decode(), f'wrk.headers["Authorization"] = "Bearer {key}"')
+    )
     logs = work / "logs"
     logs.mkdir()
 
@@ -355,30 +471,31 @@ def main(argv: list[str] | None = None) -> int:
         "PYTHONNOUSERSITE": "1",
         "OMP_NUM_THREADS": "1",
         "AZUREML_ENTRY_SCRIPT": str(entry),
-        "AZUREML_MODEL_DIR": str(model),
+        # Azure ML's layout: the registered folder `model` keeps its name under the model dir.
+        "AZUREML_MODEL_DIR": str(model.parent),
         "WORKER_COUNT": str(args.workers),
     }
+    airgap_env = {
+        **common,
+        "PYTHONPATH": f"{runtime}:{lib}",
+        "AZUREML_EXTRA_PYTHON_LIB_PATH": str(site),
+    }
+
+    def airgap(name: str, what: str, extra: dict[str, str], tls: bool = False) -> Server:
+        port = free_port()
+        cmd = [str(clean_python), "-m", "airgap_runtime", "--host", "127.0.0.1", "--port"]
+        return Server(name, what, [*cmd, str(port)], {**airgap_env, **extra}, example, port, tls)
+
     w = str(args.workers)
+    ceiling_port, reference_port = free_port(), free_port()
     servers = [
-        Server(
-            "airgap",
-            "this runtime (python -m airgap_runtime)",
-            [
-                str(clean_python),
-                "-m",
-                "airgap_runtime",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port := free_port()),
-            ],
-            {
-                **common,
-                "PYTHONPATH": f"{work / 'runtime'}:{lib}",
-                "AZUREML_EXTRA_PYTHON_LIB_PATH": str(site),
-            },
-            example,
-            port,
+        airgap("airgap", "this runtime (python -m airgap_runtime)", {}),
+        airgap("airgap-auth", "the same, key auth on", {"AIRGAP_AUTH_KEY_FILE": str(key_file)}),
+        airgap(
+            "airgap-tls",
+            "the same, TLS (P-256, TLS 1.2+)",
+            {"AIRGAP_TLS_CERT": str(cert), "AIRGAP_TLS_KEY": str(tls_key)},
+            tls=True,
         ),
         Server(
             "ceiling",
@@ -396,12 +513,12 @@ def main(argv: list[str] | None = None) -> int:
                 "--worker-tmp-dir",
                 "/dev/shm",
                 "--bind",
-                f"127.0.0.1:{(port := free_port())}",
+                f"127.0.0.1:{ceiling_port}",
                 "ceiling_app:app",
             ],
             {**common, "PYTHONPATH": f"{site}:{work / 'ceiling'}:{lib}"},
             work / "ceiling",
-            port,
+            ceiling_port,
         ),
         Server(
             "reference",
@@ -411,72 +528,95 @@ def main(argv: list[str] | None = None) -> int:
                 "--entry_script",
                 str(entry),
                 "--port",
-                str(port := free_port()),
+                str(reference_port),
             ],
             {**common, "PYTHONPATH": str(site)},
             example,
-            port,
+            reference_port,
         ),
     ]
+    by = {s.name: s for s in servers}
     versions = {
         "gunicorn (airgap, ceiling)": _version(clean_python, "gunicorn", lib),
         REFERENCE_PACKAGE: _version(reference / "bin" / "python", REFERENCE_PACKAGE),
         "gunicorn (reference)": _version(reference / "bin" / "python", "gunicorn"),
     }
+    # (scenario, servers, connections, lua, slow clients)
+    plan: list[tuple[str, list[str], int, Path, int]] = [
+        (f"c{c}", ["airgap", "ceiling", "reference"], c, lua, 0) for c in levels
+    ]
+    plan.append((f"auth-c{normal}", ["airgap-auth"], normal, lua_auth, 0))
+    plan.append((f"tls-c{normal}", ["airgap-tls"], normal, lua, 0))
+    plan.append(("slow", ["airgap", "reference"], normal, lua, args.slow_clients))
+
+    def measure(s: Server, scenario: str, conns: int, script: Path, slow: int) -> None:
+        cpu_before = s.cpu_seconds()
+        if slow:
+            with SlowClients(s.port, slow) as attack:
+                result = wrk(s.url, script, conns, args.duration, args.threads)
+            result["reconnects"] = float(attack.reconnects)
+        else:
+            result = wrk(s.url, script, conns, args.duration, args.threads)
+        cpu = s.cpu_seconds() - cpu_before
+        result["cpu_us"] = cpu / max(result["requests"], 1.0) * 1e6
+        s.rounds.setdefault(scenario, []).append(result)
+        log(
+            f"{scenario} {s.name}: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.2f} ms, "
+            f"p99 {result['p99_ms']:.2f} ms, CPU {result['cpu_us']:.0f} us/request, "
+            f"errors {result['errors']:.0f}"
+        )
+
     try:
         for s in servers:
             log(f"starting {s.name} on {s.url}")
             s.start(logs)
         for s in servers:
             s.wait_healthy()
-        answers = {s.name: json.loads(s.score_once()) for s in servers}
+        answers = {
+            s.name: json.loads(
+                s.score_once({"Authorization": f"Bearer {key}"} if s.name == "airgap-auth" else {})
+            )
+            for s in servers
+        }
         log(f"answers: {answers}")
         if len({json.dumps(a, sort_keys=True) for a in answers.values()}) != 1:
             raise SystemExit(f"the servers disagree: {answers}")
         for s in servers:
             log(f"warming up {s.name}")
-            wrk(s.url, lua, args.connections, args.warmup, args.threads)
+            wrk(s.url, lua_auth if s.name == "airgap-auth" else lua, normal, args.warmup, 1)
         for r in range(args.rounds):
-            # Rotate the order each round so drift (thermal, noisy neighbours) is shared.
-            order = servers[r % len(servers) :] + servers[: r % len(servers)]
-            for s in order:
-                cpu_before = s.cpu_seconds()
-                result = wrk(s.url, lua, args.connections, args.duration, args.threads)
-                cpu = s.cpu_seconds() - cpu_before
-                result["cpu_us"] = cpu / max(result["requests"], 1.0) * 1e6
-                s.rounds.append(result)
-                log(
-                    f"round {r + 1} {s.name}: {result['rps']:.0f} req/s, "
-                    f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
-                    f"server CPU {result['cpu_us']:.0f} us/request, "
-                    f"errors {result['errors']:.0f}"
-                )
+            for scenario, names, conns, script, slow in plan:
+                # Rotate the order each round so drift (thermal, neighbours) is shared.
+                group = [by[n] for n in names]
+                if scenario.startswith(("auth", "tls")):
+                    # Side by side with the plain server in the same round.
+                    measure(by["airgap"], f"plain-{scenario}", conns, lua, 0)
+                order = group[r % len(group) :] + group[: r % len(group)]
+                for s in order:
+                    measure(s, scenario, conns, script, slow)
+                    if slow:
+                        # The same server without slow clients, right after: the baseline.
+                        measure(s, "slow-baseline", conns, script, 0)
     finally:
         for s in servers:
             s.stop()
 
-    def med(s: Server, key: str) -> float:
-        return statistics.median(x[key] for x in s.rounds)
+    def med(s: Server, scenario: str, key: str) -> float:
+        return statistics.median(x[key] for x in s.rounds[scenario])
 
-    by = {s.name: s for s in servers}
-    ref_rps = med(by["reference"], "rps")
-    ceiling_rps = med(by["ceiling"], "rps")
+    def paired(a: str, sa: str, b: str, sb: str, key: str = "rps") -> float:
+        # Back-to-back measurements per round: the median of per-round ratios cancels slow
+        # drift in the machine's load better than a ratio of medians.
+        xs, ys = by[a].rounds[sa], by[b].rounds[sb]
+        return statistics.median(x[key] / y[key] for x, y in zip(xs, ys, strict=True) if y[key])
 
-    def paired(a: str, b: str) -> float:
-        # Each round measures the servers back to back: the median of the per-round ratios
-        # cancels slow drift in the machine's load better than a ratio of medians.
-        return statistics.median(
-            x["rps"] / y["rps"] for x, y in zip(by[a].rounds, by[b].rounds, strict=True)
-        )
+    def capacity(a: str, b: str, scenario: str) -> float:
+        xs, ys = by[a].rounds[scenario], by[b].rounds[scenario]
+        return statistics.median(y["cpu_us"] / x["cpu_us"] for x, y in zip(xs, ys, strict=True))
 
-    def capacity(a: str, b: str) -> float:
-        # Requests per CPU-second, a over b: the throughput ratio on otherwise idle cores.
-        return statistics.median(
-            y["cpu_us"] / x["cpu_us"] for x, y in zip(by[a].rounds, by[b].rounds, strict=True)
-        )
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
 
-    vs_ref, vs_ceiling = paired("airgap", "reference"), paired("airgap", "ceiling")
-    cap_ref, cap_ceiling = capacity("airgap", "reference"), capacity("airgap", "ceiling")
     load = os.getloadavg()
     where = example.relative_to(REPO) if example.is_relative_to(REPO) else example
     lines = [
@@ -489,49 +629,100 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.python_version()}; load average at the end {load[0]:.2f} "
         "(the machine is shared: rounds are interleaved and ratios paired per round)",
         f"- Workload: `{where}` score.py, POST /score `{PAYLOAD.decode()}`",
-        f"- Load: wrk {args.threads} thread(s), {args.connections} connections, "
-        f"{args.duration:g} s per measurement after {args.warmup:g} s warm-up, "
-        f"{args.rounds} interleaved rounds; every server with {args.workers} sync worker(s)",
+        f"- Load: wrk {args.threads} thread(s), {args.duration:g} s per measurement after "
+        f"{args.warmup:g} s warm-up, {args.rounds} interleaved rounds; every server with "
+        f"{args.workers} worker(s) (airgap: its own worker class; ceiling and reference: "
+        "gunicorn sync)",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         "",
-        "| server | what | req/s (median) | p50 ms | p99 ms | server CPU us/request | errors "
-        "| req/s vs reference | req/s vs ceiling |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "## Throughput by concurrency",
+        "",
+        "| connections | server | req/s (median) | p50 ms | p99 ms | server CPU us/request "
+        "| errors | req/s vs reference (paired) | req/s vs ceiling (paired) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for s in servers:
-        rps = med(s, "rps")
+    summary: list[str] = []
+    for c in levels:
+        sc = f"c{c}"
+        for name in ("airgap", "ceiling", "reference"):
+            s = by[name]
+            lines.append(
+                f"| {c} | {name} | {med(s, sc, 'rps'):.0f} | {med(s, sc, 'p50_ms'):.2f} | "
+                f"{med(s, sc, 'p99_ms'):.2f} | {med(s, sc, 'cpu_us'):.0f} | "
+                f"{sum(x['errors'] for x in s.rounds[sc]):.0f} | "
+                f"{paired(name, sc, 'reference', sc):.2f}x | "
+                f"{paired(name, sc, 'ceiling', sc):.2f}x |"
+            )
+        vs_ref = paired("airgap", sc, "reference", sc)
+        summary.append(
+            f"- {c} connection(s): airgap / reference = **{vs_ref:.2f}x** req/s "
+            f"(target >= 1.5x: {verdict(vs_ref >= 1.5)}), "
+            f"{capacity('airgap', 'reference', sc):.2f}x per CPU-second; "
+            f"airgap / ceiling = {paired('airgap', sc, 'ceiling', sc):.2f}x req/s, "
+            f"{capacity('airgap', 'ceiling', sc):.2f}x per CPU-second"
+        )
+    lines += ["", *summary, ""]
+    auth, tls = f"auth-c{normal}", f"tls-c{normal}"
+    auth_ratio = paired("airgap-auth", auth, "airgap", f"plain-{auth}")
+    tls_ratio = paired("airgap-tls", tls, "airgap", f"plain-{tls}")
+    lines += [
+        f"## Auth and TLS ({normal} connections, each paired with the plain server in its round)",
+        "",
+        "| server | req/s (median) | p50 ms | p99 ms | server CPU us/request | errors "
+        "| req/s vs plain (paired) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, sc, ratio in (("airgap-auth", auth, auth_ratio), ("airgap-tls", tls, tls_ratio)):
+        s = by[name]
         lines.append(
-            f"| {s.name} | {s.description} | {rps:.0f} | {med(s, 'p50_ms'):.2f} | "
-            f"{med(s, 'p99_ms'):.2f} | {med(s, 'cpu_us'):.0f} | "
-            f"{sum(x['errors'] for x in s.rounds):.0f} | "
-            f"{rps / ref_rps:.2f}x | {rps / ceiling_rps:.2f}x |"
+            f"| {name} | {med(s, sc, 'rps'):.0f} | {med(s, sc, 'p50_ms'):.2f} | "
+            f"{med(s, sc, 'p99_ms'):.2f} | {med(s, sc, 'cpu_us'):.0f} | "
+            f"{sum(x['errors'] for x in s.rounds[sc]):.0f} | {ratio:.2f}x |"
         )
     lines += [
         "",
-        "Paired per-round ratios (median over rounds):",
+        f"- auth / plain = **{auth_ratio:.3f}x** req/s (target >= 0.95x: "
+        f"{verdict(auth_ratio >= 0.95)})",
+        f"- TLS / plain = **{tls_ratio:.3f}x** req/s (no target; TLS costs the handshake and "
+        "the record layer)",
         "",
-        f"- airgap / reference = **{vs_ref:.2f}x** (target >= 1.5x: "
-        f"{'met' if vs_ref >= 1.5 else 'NOT met'})",
-        f"- airgap / ceiling = **{vs_ceiling:.2f}x** (target >= 0.90x: "
-        f"{'met' if vs_ceiling >= 0.9 else 'NOT met'})",
+        f"## Normal requests while {args.slow_clients} slow clients are connected "
+        f"({normal} connections)",
         "",
-        "Requests per server CPU-second, paired per round (median; steadier on a shared "
-        "machine, and what req/s converges to on idle cores):",
+        "| server | p99 ms without | p99 ms with slow clients | ratio (paired) | req/s without "
+        "| req/s with | wrk errors with (timeouts) | slow-client reconnects |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    slow_ratio = {}
+    for name in ("airgap", "reference"):
+        s = by[name]
+        with_, without = s.rounds["slow"], s.rounds["slow-baseline"]
+        ratios = [
+            (x["p99_ms"] / y["p99_ms"]) if x["requests"] else float("inf")
+            for x, y in zip(with_, without, strict=True)
+        ]
+        slow_ratio[name] = statistics.median(ratios)
+        lines.append(
+            f"| {name} | {med(s, 'slow-baseline', 'p99_ms'):.2f} | {med(s, 'slow', 'p99_ms'):.2f} "
+            f"| {slow_ratio[name]:.2f}x | {med(s, 'slow-baseline', 'rps'):.0f} | "
+            f"{med(s, 'slow', 'rps'):.0f} | {sum(x['errors'] for x in with_):.0f} "
+            f"({sum(x['timeouts'] for x in with_):.0f}) | "
+            f"{sum(x.get('reconnects', 0) for x in with_):.0f} |"
+        )
+    lines += [
         "",
-        f"- airgap / reference = **{cap_ref:.2f}x** (target >= 1.5x: "
-        f"{'met' if cap_ref >= 1.5 else 'NOT met'})",
-        f"- airgap / ceiling = **{cap_ceiling:.2f}x** (target >= 0.90x: "
-        f"{'met' if cap_ceiling >= 0.9 else 'NOT met'})",
+        f"- airgap: p99 with / without slow clients = **{slow_ratio['airgap']:.2f}x** "
+        f"(target < 3x: {verdict(slow_ratio['airgap'] < 3)})",
+        f"- reference: {slow_ratio['reference']:.2f}x (inf: no normal request completed "
+        "while the slow clients held its workers)",
         "",
-        "Per round (req/s):",
-        "",
-        *(f"- {s.name}: " + ", ".join(f"{x['rps']:.0f}" for x in s.rounds) for s in servers),
-        "",
-        "Per round (server CPU us/request):",
-        "",
-        *(f"- {s.name}: " + ", ".join(f"{x['cpu_us']:.0f}" for x in s.rounds) for s in servers),
+        "## Per round (req/s)",
         "",
     ]
+    for s in servers:
+        for scenario, xs in s.rounds.items():
+            lines.append(f"- {s.name} {scenario}: " + ", ".join(f"{x['rps']:.0f}" for x in xs))
+    lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
