@@ -251,7 +251,12 @@ class AirgapWorker(Worker):  # type: ignore[misc]  # gunicorn ships no types
                 self._close(conn)  # idle: nothing in flight
 
     def _accept(self, listener: Any) -> None:
-        for _ in range(64):
+        # One connection per readiness event, not as many as are waiting: the workers share
+        # the listener, and with keep-alive a connection stays with the worker that took it,
+        # so a greedy accept would leave one worker with most of the clients and the other
+        # idle. The listener stays readable, so the next select comes back at once (and a
+        # worker busy in run() is not in select, so the idle one takes the next).
+        for _ in range(1):
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
