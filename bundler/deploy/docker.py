@@ -72,6 +72,7 @@ from .engine import (
 )
 from .hostcheck import require as require_host
 from .hostprobe import engine_facts, image_facts
+from .local import client_host
 
 # The runtime's metrics port inside the container (published on the host's --metrics-port).
 CONTAINER_METRICS_PORT: Final = 9464
@@ -525,14 +526,6 @@ def _find_image(engine: Engine, manifest: Manifest, variant: Variant) -> str:
     return found[0]
 
 
-def _probe_host(bind: str) -> str:
-    if bind in ("", "0.0.0.0"):  # noqa: S104 - the address we were given, not one we bind
-        return "127.0.0.1"
-    if bind == "::":
-        return "[::1]"
-    return f"[{bind}]" if ":" in bind else bind
-
-
 def _tls_mounts(
     options: RunOptions,
 ) -> tuple[dict[str, str], tuple[BindMount, ...], tuple[int, ...]]:
@@ -679,7 +672,7 @@ def start(
         if options.network and not port:
             raise ContainerError("the engine did not publish the scoring port")
         scheme = "https" if tls_env else "http"
-        base = f"{scheme}://{_probe_host(options.bind)}:{port}" if options.network else None
+        base = f"{scheme}://{client_host(options.bind)}:{port}" if options.network else None
         info = _wait_healthy(eng, container, f"{base}/" if base else None, options.timeout, on_log)
     except BaseException:
         # Ctrl-C or a failed start: leave nothing running behind.

@@ -315,7 +315,9 @@ def server_command(python: Path, host: str, port: int) -> list[str]:
     return [str(python), "-m", RUNTIME_PACKAGE, "--host", host, "--port", str(port)]
 
 
-def _client_host(host: str) -> str:
+def client_host(host: str) -> str:
+    """The address a client on this machine uses to reach a server bound to ``host``: a
+    wildcard becomes loopback, and an IPv6 address gets its URL brackets."""
     if host in ("0.0.0.0", ""):  # noqa: S104 - comparing, not binding
         return "127.0.0.1"
     if host == "::":
@@ -398,7 +400,7 @@ class LocalServer:
     def url(self) -> str:
         """Base URL to reach the server from this machine, e.g. http://127.0.0.1:5001."""
         scheme = "https" if self.tls_cert else "http"
-        return f"{scheme}://{_client_host(self.host)}:{self.port}"
+        return f"{scheme}://{client_host(self.host)}:{self.port}"
 
     @property
     def pid(self) -> int | None:
