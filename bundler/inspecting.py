@@ -7,6 +7,7 @@ from pathlib import Path
 from .errors import BundleError
 from .formats.archive import read_outer
 from .formats.manifest import Manifest, parse_manifest
+from .formats.source import open_bundle
 
 
 def read_manifest_unverified(bundle: Path) -> Manifest:
@@ -15,8 +16,8 @@ def read_manifest_unverified(bundle: Path) -> Manifest:
     Raises:
         BundleError: the file cannot be read; BundleRejected subclasses: malformed bundle.
     """
-    try:
-        with bundle.open("rb") as f:
+    with open_bundle(bundle) as f:
+        try:
             return parse_manifest(read_outer(f).manifest)
-    except OSError as e:
-        raise BundleError(f"cannot read bundle {bundle}: {e.strerror}") from e
+        except OSError as e:
+            raise BundleError(f"cannot read bundle {bundle}: {e.strerror}") from e

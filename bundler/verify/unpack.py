@@ -10,7 +10,6 @@ import glob
 import hashlib
 import os
 import shutil
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +28,7 @@ from ..formats.archive import (
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest, parse_manifest
 from ..formats.signing import load_trusted_keys, public_key_pem
+from ..formats.source import open_bundle
 from ..layout import OUTER_PAYLOAD, STATE_DIR, STATE_MANIFEST, STATE_SIGNATURE, STATE_SIGNER
 from ..preflight import free_space, require, unpack_need
 from ..progress import NullProgress, Progress
@@ -105,21 +105,6 @@ def _now(now: int | None) -> int:
     return int(time.time()) if now is None else now
 
 
-def _open_bundle(bundle: Path) -> BinaryIO:
-    try:
-        f = bundle.open("rb")
-    except OSError as e:
-        raise BundleError(f"cannot read bundle {bundle}: {e.strerror}") from e
-    # The reader seeks (over the payload, and back to hash it): a pipe cannot be read.
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
-        raise BundleError(
-            f"bundle {bundle} is not a regular file",
-            remedy="save the bundle to a file first, then pass that file",
-        )
-    return f
-
-
 def open_verified(
     bundle: Path,
     trust: Sequence[Path],
@@ -132,7 +117,7 @@ def open_verified(
     Raises:
         BundleRejected subclasses (exit 3) for every failed check.
     """
-    with _open_bundle(bundle) as f:
+    with open_bundle(bundle) as f:
         return _open_checked(f, trust, _now(now), limits, NullProgress()).verified
 
 
@@ -150,7 +135,7 @@ def verify(
         BundleRejected subclasses (exit 3) for every failed check.
     """
     progress = progress or NullProgress()
-    with _open_bundle(bundle) as f:
+    with open_bundle(bundle) as f:
         opened = _open_checked(f, trust, _now(now), limits, progress)
         progress.start("verifying files", opened.manifest.payload.unpacked_size)
         for entry, chunks in _members(f, opened, limits):
@@ -333,7 +318,7 @@ def unpack(
                 f"{dest} is not empty and was not made by `airgap unpack`",
                 remedy="choose a new or empty destination folder",
             )
-        with _open_bundle(bundle) as f:
+        with open_bundle(bundle) as f:
             opened = _open_checked(
                 f, trust, _now(now), limits, progress, lambda v: _require_space(parent, v)
             )
