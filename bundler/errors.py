@@ -156,6 +156,14 @@ class LocalRunnerError(BundleError):
     """The local runner could not create its environment or start the server."""
 
 
+class PolicyError(UsageError):
+    """A trust policy file (--policy) cannot be used: unreadable, malformed, naming a key file
+    that cannot be loaded, or asking for more signatures than it has keys (exit 2: the
+    user's own input is wrong, not the bundle)."""
+
+    prefix = "trust policy"
+
+
 class AuthKeyFileError(UsageError):
     """The scoring server's key file (--auth-key-file) cannot be used: missing, readable by
     others, or holding no acceptable key. The message never contains a key."""

@@ -37,11 +37,19 @@ STATE_MANIFEST: Final = f"{STATE_DIR}/manifest.json"
 STATE_SIGNATURE: Final = f"{STATE_DIR}/manifest.json.sig"
 STATE_SIGNER: Final = f"{STATE_DIR}/signer.pub"  # the trusted key that verified it
 STATE_VENV: Final = f"{STATE_DIR}/venv"  # the local runner's cached virtualenv
+# Revision 1.4: the co-signatures seen at unpack (bundle members and detached files), in the
+# detached-file format, so a later re-check with --policy can count them again.
+STATE_COSIGNATURES: Final = f"{STATE_DIR}/cosignatures.json"
 
 # Members of the outer (uncompressed) tar, in this order.
 OUTER_PAYLOAD: Final = "payload.tar.zst"
 OUTER_MANIFEST: Final = "manifest.json"
 OUTER_SIGNATURE: Final = "manifest.json.sig"
+# Revision 1.4: optional co-signatures after the signature, one member per key,
+# "manifest.json.sig.<64 hex key id>", in increasing key id order.
+OUTER_COSIGNATURE_PREFIX: Final = f"{OUTER_SIGNATURE}."
+# A detached signature file sits beside the bundle: "iris.airgap" -> "iris.airgap.sig".
+DETACHED_SUFFIX: Final = ".sig"
 
 # Where things live inside the image built by `airgap build`.
 IMAGE_ROOT: Final = "/opt/airgap"

@@ -18,6 +18,7 @@ import click
 from ..errors import BundleError, UsageError
 from ..formats.manifest import Manifest
 from ..progress import NullProgress, Progress
+from ..verify.policy import Verified
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -71,6 +72,55 @@ recheck_trust = click.option(
     help="Re-check DEST against this trusted key (repeatable; default: the key that "
     "verified it at unpack).",
 )
+# Revision 1.4: --trust is optional where --policy may take its place; ``need_trust`` checks.
+trust_or_policy_option = click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help=_TRUST_HELP + " Or --policy.",
+    envvar="AIRGAP_TRUST",
+)
+policy_option = click.option(
+    "--policy",
+    "policy",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Trust policy file (TOML or .json): which keys count and how many distinct ones "
+    "a bundle needs, per name (docs/format.md §6.2). Replaces --trust.",
+)
+signatures_option = click.option(
+    "--signatures",
+    "signatures",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Detached co-signature file from `airgap sign --detached` (repeatable; default: "
+    "BUNDLE.sig when it exists).",
+)
+
+
+def need_trust(trust: tuple[Path, ...], policy: Path | None, *, required: bool = True) -> None:
+    """Exactly one source of trust: ``--trust`` keys or a ``--policy`` file.
+
+    Raises:
+        UsageError: neither, or both on the command line (AIRGAP_TRUST gives way to
+            --policy, so a policy always means what it says).
+    """
+    ctx = click.get_current_context(silent=True)
+    given = ctx is not None and ctx.get_parameter_source("trust") in (
+        click.core.ParameterSource.COMMANDLINE,
+    )
+    if policy is not None and trust and given:
+        raise UsageError(
+            "--trust and --policy both given", remedy="list the keys in the policy file instead"
+        )
+    if required and policy is None and not trust:
+        raise UsageError(
+            "no trusted key given",
+            remedy="pass --trust with the signer's public key file (airgap.pub) or a folder, "
+            "or --policy FILE",
+        )
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for automation.")
 python_option = click.option(
     "--python",
@@ -194,6 +244,31 @@ def read_passphrase(env_var: str | None, *, prompt: str, confirm: bool) -> bytes
         )
         return text.encode("utf-8") or None
     return None
+
+
+def trust_report(verified: Verified) -> dict[str, Any]:
+    """The JSON of how trust was decided: the rule met and what every signature was."""
+    policy = verified.policy
+    if policy is None or verified.decision is None:
+        return {}
+    return {
+        "trust": verified.decision.to_json_dict(policy),
+        "signatures": [c.to_json_dict(policy) for c in verified.signatures],
+    }
+
+
+def trust_lines(verified: Verified) -> list[str]:
+    """Human lines for the same, printed when a policy or any co-signature was involved."""
+    policy = verified.policy
+    if policy is None or verified.decision is None:
+        return []
+    if policy.from_trust and len(verified.signatures) <= 1:
+        return []  # --trust alone on a bundle with one signature: as before revision 1.4
+    lines = [f"trust: {verified.decision.summary(policy)}"]
+    for c in verified.signatures:
+        who = f": {policy.label(c.key_id)}" if c.key_id else ""
+        lines.append(f"  {c.status:<9} {c.source}{who}")
+    return lines
 
 
 def summary(manifest: Manifest, bundle: Path | None = None) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from ._common import (
     funnel,
     json_option,
     metrics_port_option,
+    need_trust,
+    policy_option,
     python_option,
     recheck_trust,
     tls_cert_option,
@@ -39,11 +41,18 @@ from .ops import own_server_extras, smoke_after_start, smoke_flag, smoke_spec_fo
     "bundle's mode runs with.",
 )
 @recheck_trust
+@policy_option
 @click.option("-q", "--quiet", is_flag=True, help="Do not show the build log.")
 @json_option
 @funnel
 def build_cmd(
-    dest: Path, tag: str | None, variant: str, trust: tuple[Path, ...], quiet: bool, as_json: bool
+    dest: Path,
+    tag: str | None,
+    variant: str,
+    trust: tuple[Path, ...],
+    policy: Path | None,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Build the Docker image of an unpacked bundle, with networking disabled.
 
@@ -57,11 +66,13 @@ def build_cmd(
     """
     from ..deploy.docker import build
 
+    need_trust(trust, policy, required=False)
     result = build(
         dest,
         tag=tag,
         variant=variant,  # type: ignore[arg-type]  # click.Choice guarantees the value
         trust=trust or None,
+        policy=policy,
         on_line=None if quiet or as_json else to_stderr,
     )
     if as_json:
@@ -126,6 +137,7 @@ def build_cmd(
 )
 @click.option("--local", is_flag=True, help="No Docker: serve DEST with the local runner.")
 @recheck_trust
+@policy_option
 @python_option
 @tls_cert_option
 @tls_key_option
@@ -144,6 +156,7 @@ def run_cmd(
     timeout: float,
     local: bool,
     trust: tuple[Path, ...],
+    policy: Path | None,
     python: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -180,7 +193,8 @@ def run_cmd(
             "--smoke needs a published port; --no-network publishes none",
             remedy="drop --smoke, or drop --no-network",
         )
-    spec = smoke_spec_for(dest, trust) if smoke else None
+    need_trust(trust, policy, required=False)
+    spec = smoke_spec_for(dest, trust, policy) if smoke else None
     if local:
         _run_local(
             dest,
@@ -193,6 +207,7 @@ def run_cmd(
             python,
             as_json,
             spec=spec,
+            policy=policy,
             tls_cert=tls_cert,
             tls_key=tls_key,
             auth_key_file=auth_key_file,
@@ -213,6 +228,7 @@ def run_cmd(
         network=not no_network,
         timeout=timeout,
         trust=trust or None,
+        policy=policy,
         tls_cert=tls_cert,
         tls_key=tls_key,
         auth_key_file=auth_key_file,
@@ -278,6 +294,7 @@ def _run_local(
     as_json: bool,
     *,
     spec: SmokeSpec | None = None,
+    policy: Path | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     auth_key_file: Path | None = None,
@@ -316,6 +333,7 @@ def _run_local(
         port=port,
         host=bind,
         trust=list(trust) or None,
+        policy=policy,
         on_ready=ready,
         python=python,
         tls_cert=tls_cert,

@@ -19,14 +19,19 @@ from ._common import (
     funnel,
     json_option,
     metrics_port_option,
+    need_trust,
+    policy_option,
     progress,
     python_option,
     quiet_option,
     recheck_trust,
+    signatures_option,
     summary,
     tls_cert_option,
     tls_key_option,
-    trust_option,
+    trust_lines,
+    trust_or_policy_option,
+    trust_report,
 )
 from .ops import own_server_extras, smoke_after_start, smoke_flag, smoke_spec_for
 
@@ -48,6 +53,7 @@ from .ops import own_server_extras, smoke_after_start, smoke_flag, smoke_spec_fo
     help="Address to listen on (0.0.0.0: every interface).",
 )
 @recheck_trust
+@policy_option
 @python_option
 @tls_cert_option
 @tls_key_option
@@ -61,6 +67,7 @@ def serve_cmd(
     port: int,
     host: str,
     trust: tuple[Path, ...],
+    policy: Path | None,
     python: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -81,7 +88,8 @@ def serve_cmd(
     of the bundle's version (or --python), with only the bundle's packages on its path.
     A bundle for another architecture, C library or Python is refused first (exit 1).
     No network is used. Environment variables such as WORKER_COUNT and
-    SCORING_TIMEOUT_MS pass through (see docs/runtime.md). SIGTERM, SIGHUP and
+    SCORING_TIMEOUT_MS pass through (see docs/runtime.md). --policy FILE re-checks
+    the signatures kept at unpack against a trust policy. SIGTERM, SIGHUP and
     Ctrl-C stop it gracefully; a second Ctrl-C forces the stop (exit 130). The
     server never outlives this command, even if it is killed.
     --auth-key-file makes every route but GET / and OPTIONS ask for
@@ -92,7 +100,8 @@ def serve_cmd(
     """
     from ..deploy.local import serve as serve_local
 
-    spec = smoke_spec_for(dest, trust) if smoke else None
+    need_trust(trust, policy, required=False)
+    spec = smoke_spec_for(dest, trust, policy) if smoke else None
     headers, context = own_server_extras(auth_key_file, tls=tls_cert is not None)
 
     def ready(url: str) -> None:
@@ -121,6 +130,7 @@ def serve_cmd(
         port=port,
         host=host,
         trust=list(trust) or None,
+        policy=policy,
         on_ready=ready,
         python=python,
         tls_cert=tls_cert,
@@ -135,20 +145,39 @@ def serve_cmd(
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@trust_option
+@trust_or_policy_option
+@policy_option
+@signatures_option
 @quiet_option
 @json_option
 @funnel
-def verify(bundle: Path, trust: tuple[Path, ...], quiet: bool, as_json: bool) -> None:
-    """Check a bundle's signature and every hash, writing nothing (isolated side).
+def verify(
+    bundle: Path,
+    trust: tuple[Path, ...],
+    policy: Path | None,
+    signatures: tuple[Path, ...],
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Check a bundle's signatures and every hash, writing nothing (isolated side).
 
     \b
     Example:
       airgap verify iris.airgap --trust keys/airgap.pub
       airgap verify iris.airgap --trust /etc/airgap/trusted/ --json
-    Exit status 0 when every check passes, 3 when the bundle is rejected.
+      airgap verify iris.airgap --policy /etc/airgap/policy.toml   # e.g. 2 of 3 keys
+    Exit status 0 when every check passes, 3 when the bundle is rejected (2 for a
+    malformed policy). Co-signatures (`airgap sign`) in the bundle and in BUNDLE.sig
+    (or --signatures FILE) are counted once per distinct key.
     """
-    verified = verify_bundle(bundle, list(trust), progress=progress(quiet or as_json))
+    need_trust(trust, policy)
+    verified = verify_bundle(
+        bundle,
+        list(trust),
+        progress=progress(quiet or as_json),
+        policy=policy,
+        signature_files=list(signatures) or None,
+    )
     m = verified.manifest
     if as_json:
         emit_json(
@@ -157,6 +186,7 @@ def verify(bundle: Path, trust: tuple[Path, ...], quiet: bool, as_json: bool) ->
                 "verified": True,
                 "trusted_key": str(verified.key.source),
                 **summary(m, bundle),
+                **trust_report(verified),
             }
         )
         return
@@ -164,12 +194,16 @@ def verify(bundle: Path, trust: tuple[Path, ...], quiet: bool, as_json: bool) ->
         f"OK: {m.name} {m.version}, {m.payload.file_count} files, signed by "
         f"{m.signer[:16]}... ({verified.key.source})"
     )
+    for line in trust_lines(verified):
+        click.echo(line)
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.argument("dest", type=click.Path(path_type=Path))
-@trust_option
+@trust_or_policy_option
+@policy_option
+@signatures_option
 @click.option(
     "--allow-downgrade",
     is_flag=True,
@@ -187,6 +221,8 @@ def unpack(
     bundle: Path,
     dest: Path,
     trust: tuple[Path, ...],
+    policy: Path | None,
+    signatures: tuple[Path, ...],
     allow_downgrade: bool,
     no_host_check: bool,
     quiet: bool,
@@ -197,11 +233,13 @@ def unpack(
     \b
     Example:
       airgap unpack iris.airgap /srv/models/iris --trust keys/airgap.pub
+      airgap unpack iris.airgap /srv/models/iris --policy policy.toml
     Every check runs before DEST changes; DEST is replaced in one rename, or left
     exactly as it was. An older version than the one at DEST is refused unless
     --allow-downgrade. A bundle whose target (architecture, OS, C library) does not
     fit this host is refused (exit 1) unless it has a base image for the Docker path
-    (then a warning) or --no-host-check is given.
+    (then a warning) or --no-host-check is given. The co-signatures are kept in
+    DEST/.airgap so serve/run/build --policy can count them again.
     """
     from ..deploy.hostcheck import unpack_verdict
     from ..deploy.hostprobe import this_host
@@ -211,6 +249,7 @@ def unpack(
         if warning:
             click.echo(f"warning: {warning}", err=True)
 
+    need_trust(trust, policy)
     verified = unpack_bundle(
         bundle,
         dest,
@@ -218,9 +257,13 @@ def unpack(
         allow_downgrade=allow_downgrade,
         progress=progress(quiet or as_json),
         before_write=None if no_host_check else host_check,
+        policy=policy,
+        signature_files=list(signatures) or None,
     )
     m = verified.manifest
     if as_json:
-        emit_json({"ok": True, "dest": str(dest), **summary(m)})
+        emit_json({"ok": True, "dest": str(dest), **summary(m), **trust_report(verified)})
         return
     click.echo(f"unpacked {m.name} {m.version} into {dest} ({m.payload.file_count} files)")
+    for line in trust_lines(verified):
+        click.echo(line)

@@ -13,7 +13,7 @@ from ..formats.signing import (
     generate_keypair,
     private_key_is_encrypted,
 )
-from ..inspecting import read_manifest_unverified
+from ..inspecting import read_unverified
 from ._common import (
     cli,
     emit_json,
@@ -259,12 +259,17 @@ def inspect(bundle: Path, as_json: bool) -> None:
       airgap inspect iris.airgap --json | jq .packages
     The signature is NOT checked here: use `airgap verify` before trusting anything.
     """
-    manifest = read_manifest_unverified(bundle)
+    manifest, present = read_unverified(bundle)
     info = summary(manifest, bundle)
     info["ok"] = True
     info["verified"] = False
+    info["signatures_present"] = [{"source": p.source, "key_id": p.key_id} for p in present]
     if as_json:
         emit_json(info)
         return
     print_summary(info)
+    if len(present) > 1:
+        click.echo(f"signatures: {len(present)} present (not verified)")
+        for p in present:
+            click.echo(f"  {p.key_id[:16]}...  {p.source}")
     click.echo("(not verified: run `airgap verify BUNDLE --trust KEY`)")

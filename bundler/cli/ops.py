@@ -172,13 +172,13 @@ def smoke_cmd(
         sys.exit(EXIT_SMOKE)
 
 
-def load_manifest(path: Path, trust: tuple[Path, ...]) -> Manifest:
+def load_manifest(path: Path, trust: tuple[Path, ...], policy: Path | None = None) -> Manifest:
     """The verified manifest of a DEST (stored) or a BUNDLE (needs --trust)."""
     from ..verify.tree import check_unpacked
     from ..verify.unpack import open_verified
 
     if path.is_dir():
-        return check_unpacked(path, trust=list(trust) or None, roots=())
+        return check_unpacked(path, trust=list(trust) or None, roots=(), policy=policy)
     if not trust:
         raise UsageError(
             f"{path} is a bundle file: its smoke test is trusted only once verified",
@@ -215,7 +215,7 @@ smoke_flag = click.option(
 )
 
 
-def smoke_spec_for(dest: Path, trust: tuple[Path, ...]) -> SmokeSpec:
+def smoke_spec_for(dest: Path, trust: tuple[Path, ...], policy: Path | None = None) -> SmokeSpec:
     """The smoke test of DEST's verified manifest, read before the server starts, so a
     bundle without one fails at once (exit 1) rather than after init().
 
@@ -224,7 +224,7 @@ def smoke_spec_for(dest: Path, trust: tuple[Path, ...]) -> SmokeSpec:
     """
     from ..deploy.smoke import spec_of
 
-    return spec_of(load_manifest(dest, trust))
+    return spec_of(load_manifest(dest, trust, policy))
 
 
 def smoke_after_start(

@@ -277,6 +277,7 @@ def build(
     trust: Sequence[Path] | None = None,
     engine: Engine | None = None,
     on_line: LineSink | None = None,
+    policy: Path | None = None,
 ) -> BuildResult:
     """Build the image(s) of the bundle unpacked at ``dest`` with networking disabled.
 
@@ -297,7 +298,7 @@ def build(
     dest = Path(os.path.abspath(dest))
     # The signature of the stored manifest is checked here; the files the build reads are
     # each checked while they are copied into the context (no second pass over the tree).
-    manifest = check_unpacked(dest, trust=trust, roots=())
+    manifest = check_unpacked(dest, trust=trust, roots=(), policy=policy)
     eng = _connect(engine)
     # The engine's architecture first (no image work), then the image's own libc and Python.
     require_host(manifest, engine_facts(eng), subject="the Docker engine", doing="build")
@@ -427,6 +428,7 @@ class RunOptions:
     network: bool = True  # False: --network none, reachable only from inside (docker exec)
     timeout: float = DEFAULT_START_TIMEOUT  # seconds to wait for GET / to answer 200
     trust: Sequence[Path] | None = None  # None: the key that verified the bundle at unpack
+    policy: Path | None = None  # a trust policy file the stored signatures must meet (1.4)
     tls_cert: Path | None = None  # PEM certificate chain: serve HTTPS (with tls_key)
     tls_key: Path | None = None  # its PEM key, readable by its group (the container joins it)
     # Key auth: the file is bind-mounted read-only at CONTAINER_KEY_PATH (never copied into
@@ -629,10 +631,12 @@ def start(
     options = options or RunOptions()
     dest = Path(os.path.abspath(dest))
     # Verify before anything is mounted: a changed file is refused, naming it.
-    manifest = check_unpacked(dest, trust=options.trust, roots=())
+    manifest = check_unpacked(dest, trust=options.trust, roots=(), policy=options.policy)
     mode = options.mode or manifest.mode
     if _roots_for(mode):
-        manifest = check_unpacked(dest, trust=options.trust, roots=_roots_for(mode))
+        manifest = check_unpacked(
+            dest, trust=options.trust, roots=_roots_for(mode), policy=options.policy
+        )
     env, mounts = _run_env_and_mounts(dest, manifest, mode)
     tls_env, tls_mounts, groups = _tls_mounts(options)
     env, mounts = {**env, **tls_env}, mounts + tls_mounts

@@ -368,6 +368,7 @@ class LocalServer:
         port: int = SCORING_PORT,
         host: str = DEFAULT_HOST,
         trust: Sequence[Path] | None = None,
+        policy: Path | None = None,
         log: Path | None = None,
         environ: Mapping[str, str] | None = None,
         python: Path | None = None,
@@ -390,6 +391,7 @@ class LocalServer:
         self.port = port
         self.host = host
         self.trust = list(trust) if trust else None
+        self.policy = policy  # a trust policy file: replaces trust for the re-check
         self.log = log
         self._environ = dict(os.environ if environ is None else environ)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -415,7 +417,9 @@ class LocalServer:
             HostMismatchError: this host, or ``python``, does not fit the bundle's target.
             LocalRunnerError: no matching Python, or the virtualenv cannot be made.
         """
-        manifest = check_unpacked(self.dest, trust=self.trust, roots=SERVE_ROOTS)
+        manifest = check_unpacked(
+            self.dest, trust=self.trust, roots=SERVE_ROOTS, policy=self.policy
+        )
         self.manifest = manifest
         # Before any venv work: a bundle for another machine fails here, in one line.
         require_host(manifest, this_host(), subject="this host", doing="serve")
@@ -633,6 +637,7 @@ def serve(
     port: int = SCORING_PORT,
     host: str = DEFAULT_HOST,
     trust: Sequence[Path] | None = None,
+    policy: Path | None = None,
     on_ready: Callable[[str], None] | None = None,
     ready_timeout: float = 120.0,
     python: Path | None = None,
@@ -646,7 +651,8 @@ def serve(
 
     ``on_ready(url)`` is called once the server answers. ``python`` is the interpreter to
     make the venv from (checked against the target) instead of searching the host.
-    ``auth_key_file`` turns on key auth, ``metrics_port`` the metrics port. Used by
+    ``auth_key_file`` turns on key auth, ``metrics_port`` the metrics port. ``policy`` is
+    a trust policy file the stored signatures must meet again (instead of ``trust``). Used by
     `airgap serve` and `airgap run --local`; must run in the main thread (it handles SIGTERM).
 
     Raises:
@@ -662,6 +668,7 @@ def serve(
         port=port,
         host=host,
         trust=trust,
+        policy=policy,
         python=python,
         tls_cert=tls_cert,
         tls_key=tls_key,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import queue
+import re
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -19,13 +20,15 @@ from typing import BinaryIO, Final, cast
 import zstandard
 
 from ..errors import IntegrityError, ResourceLimitError, UnsafeMemberError
-from ..layout import OUTER_MANIFEST, OUTER_PAYLOAD, OUTER_SIGNATURE
+from ..layout import OUTER_COSIGNATURE_PREFIX, OUTER_MANIFEST, OUTER_PAYLOAD, OUTER_SIGNATURE
 from .limits import DEFAULT_LIMITS, Limits
 
 BLOCK: Final = 512
 CHUNK: Final = 1 << 20
 _MAGIC_USTAR: Final = b"ustar\x0000"
 _OCTAL_MAX: Final = 8**11  # 11 octal digits; larger sizes use GNU base-256, as GNU tar does
+# Revision 1.4 co-signature members: the prefix, then exactly a lowercase hex key id.
+_COSIGNATURE_RE: Final = re.compile(re.escape(OUTER_COSIGNATURE_PREFIX) + r"([0-9a-f]{64})")
 
 _TYPE_NAMES: Final = {
     b"1": "hard link",
@@ -325,13 +328,39 @@ class BundleWriter:
         self._out.seek(end)
         return PayloadStats(sha256=self._hashing.sha256.hexdigest(), size=size)
 
-    def finish(self, manifest: bytes, signature: bytes) -> None:
-        """Append the manifest and its detached signature, then the end-of-archive marker."""
+    def finish(
+        self, manifest: bytes, signature: bytes, cosignatures: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        """Append the manifest and its signature, any co-signatures (revision 1.4, as
+        ``(key id, signature)`` pairs), then the end-of-archive marker."""
         for name, data in ((OUTER_MANIFEST, manifest), (OUTER_SIGNATURE, signature)):
             self._out.write(ustar_header(name, len(data), 0o644, self._mtime))
             self._out.write(data + b"\x00" * _padding(len(data)))
-        self._out.write(b"\x00" * (2 * BLOCK))
+        write_cosignatures(self._out, self._mtime, cosignatures)
         self._out.flush()
+
+
+def cosignature_member(key_id: str) -> str:
+    """The outer member name of the co-signature by ``key_id`` (revision 1.4)."""
+    return OUTER_COSIGNATURE_PREFIX + key_id
+
+
+def write_cosignatures(out: BinaryIO, mtime: int, items: Sequence[tuple[str, bytes]]) -> None:
+    """Co-signature members sorted by key id (one per key), then the end-of-archive marker.
+
+    Sorting makes the bytes independent of the order keys signed in (reproducible), and is
+    what the reader insists on, so a duplicate can never be slipped in between.
+    """
+    by_key = dict(items)
+    if len(by_key) != len(items):
+        raise ValueError("one co-signature per key id")
+    for kid in sorted(by_key):
+        if not _COSIGNATURE_RE.fullmatch(cosignature_member(kid)):
+            raise ValueError(f"not a key id: {kid!r}")
+        data = by_key[kid]
+        out.write(ustar_header(cosignature_member(kid), len(data), 0o644, mtime))
+        out.write(data + b"\x00" * _padding(len(data)))
+    out.write(b"\x00" * (2 * BLOCK))
 
 
 # ---- reading ----------------------------------------------------------------------------
@@ -348,12 +377,24 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
 
 @dataclass(frozen=True)
 class OuterBundle:
-    """Where the three outer members are; only the small ones are read into memory."""
+    """Where the three outer members are; only the small ones are read into memory.
+
+    ``cosignatures`` are the revision 1.4 members after the signature, as ``(key id,
+    signature)`` pairs in increasing key id order: untrusted until verified, the name
+    included. ``signed_end`` is the offset just after the signature member, where they begin.
+    """
 
     manifest: bytes
     signature: bytes
     payload_offset: int
     payload_size: int
+    cosignatures: tuple[tuple[str, bytes], ...] = ()
+    signed_end: int = 0
+
+
+def _escaped(text: str) -> str:
+    """An untrusted name made safe for a one-line message (no control characters)."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
@@ -398,7 +439,9 @@ def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
         found[want] = (data_offset, header.size)
         offset = data_offset + header.size + _padding(header.size)
         f.seek(offset)
-    # After the three members: only zero blocks (the end marker, maybe record padding).
+    signed_end = offset
+    cosignatures, offset = _read_cosignatures(f, offset, total, limits)
+    # After the members: only zero blocks (the end marker, maybe record padding).
     tail_len = total - offset
     if tail_len < 2 * BLOCK:
         raise IntegrityError("end-of-archive marker missing", member="bundle")
@@ -416,7 +459,63 @@ def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
         signature=small[OUTER_SIGNATURE],
         payload_offset=payload_offset,
         payload_size=payload_size,
+        cosignatures=cosignatures,
+        signed_end=signed_end,
     )
+
+
+def _read_cosignatures(
+    f: BinaryIO, offset: int, total: int, limits: Limits
+) -> tuple[tuple[tuple[str, bytes], ...], int]:
+    """The revision 1.4 co-signature members from ``offset`` up to the end marker.
+
+    Each name must be the prefix and a lowercase hex key id, each size at most one
+    signature, key ids strictly increasing (so no duplicates), at most
+    ``limits.max_cosignatures`` of them. Returns them and the offset of the end marker.
+
+    Raises:
+        IntegrityError, UnsafeMemberError, ResourceLimitError: any of those rules broken.
+    """
+    found: list[tuple[str, bytes]] = []
+    while offset + BLOCK <= total:
+        block = _read_exact(f, BLOCK)
+        if block == b"\x00" * BLOCK:
+            break
+        if not block.startswith(OUTER_COSIGNATURE_PREFIX.encode()):
+            # Anything but a co-signature after the signature: as before revision 1.4.
+            raise IntegrityError("extra data after the last member", member="bundle")
+        header = parse_header(block, offset)
+        shown = _escaped(header.name)
+        match = _COSIGNATURE_RE.fullmatch(header.name)
+        if match is None:
+            raise IntegrityError(
+                "unexpected member in the outer archive (a co-signature member is named "
+                f"{OUTER_COSIGNATURE_PREFIX}<64 lowercase hex key id>)",
+                member=shown,
+            )
+        kid = match.group(1)
+        if found and kid == found[-1][0]:
+            raise UnsafeMemberError("duplicate member", member=shown)
+        if found and kid < found[-1][0]:
+            raise IntegrityError(
+                "co-signature members out of order (key ids must increase)", member=shown
+            )
+        if len(found) >= limits.max_cosignatures:
+            raise ResourceLimitError(
+                f"more than {limits.max_cosignatures} co-signatures", member=shown
+            )
+        if header.size > limits.max_signature_bytes:
+            raise ResourceLimitError(
+                f"{header.size} bytes, over the limit of {limits.max_signature_bytes}",
+                member=shown,
+            )
+        if offset + BLOCK + header.size > total:
+            raise IntegrityError("bundle is truncated inside this member", member=shown)
+        found.append((kid, _read_exact(f, header.size)))
+        offset += BLOCK + header.size + _padding(header.size)
+        f.seek(offset)
+    f.seek(offset)
+    return tuple(found), offset
 
 
 def hash_region(f: BinaryIO, offset: int, size: int) -> str:

@@ -17,6 +17,10 @@ class Limits:
     max_manifest_bytes: int = 64 * MiB
     # Detached signature size (bytes); Ed25519 signatures are exactly 64.
     max_signature_bytes: int = 64
+    # Co-signature members in one bundle, and entries in one detached signature file (count).
+    max_cosignatures: int = 32
+    # A detached signature file (bytes): 32 entries of about 170 bytes fit many times over.
+    max_signature_file_bytes: int = 64 * KiB
     # Files listed in the manifest (count).
     max_members: int = 1_000_000
     # Path components in one member name (count).

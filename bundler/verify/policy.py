@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from packaging.version import InvalidVersion, Version
@@ -16,20 +16,40 @@ from ..errors import (
     UnsafeMemberError,
 )
 from ..formats.archive import Header
+from ..formats.cosign import Cosignature
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest, check_member_name, fold_name, parse_manifest
 from ..formats.manifest import peek_signer as _peek_signer
 from ..formats.signing import TrustedKey, verify_signature
+from .trustpolicy import (
+    SignatureCheck,
+    TrustDecision,
+    TrustPolicy,
+    check_signatures,
+    decide,
+    from_trusted_keys,
+    no_valid_signature,
+)
 
 
 @dataclass(frozen=True)
 class Verified:
-    """A manifest whose signature verified with ``key``, and which passed every policy."""
+    """A manifest whose signature verified with ``key``, and which passed every policy.
+
+    ``key`` is the key of the primary signature when it verified, else of the first
+    co-signature that counted. Since revision 1.4 ``cosignatures`` holds every co-signature
+    presented (bundle members, then detached files), ``signatures`` what each one turned out
+    to be, and ``decision`` and ``policy`` how the trust policy was met.
+    """
 
     manifest: Manifest
     key: TrustedKey
     manifest_bytes: bytes
     signature: bytes
+    cosignatures: tuple[Cosignature, ...] = ()
+    signatures: tuple[SignatureCheck, ...] = ()
+    decision: TrustDecision | None = None
+    policy: TrustPolicy | None = None
 
 
 def _claimed_signer(manifest_bytes: bytes, limits: Limits) -> str | None:
@@ -47,35 +67,63 @@ def verify_manifest(
     *,
     now: int,
     limits: Limits = DEFAULT_LIMITS,
+    cosignatures: Sequence[Cosignature] = (),
+    policy: TrustPolicy | None = None,
 ) -> Verified:
-    """Check the signature first, then parse; refuse a bundle past its expiry.
+    """Check the signatures first, then parse, then the trust policy; refuse a bundle past
+    its expiry.
 
-    The signature is checked over the raw bytes before any field is trusted; the key comes
-    from ``trusted`` only.
+    Every signature is checked over the raw bytes before any field is trusted, with keys
+    from ``policy`` (or, without one, ``trusted`` as a 1-of-M policy) only; at least one must
+    verify before the manifest is parsed. The policy's rule for the manifest's name then
+    needs its threshold of distinct keys.
 
     Raises:
-        SignatureError, ManifestError, UnsafeMemberError, ResourceLimitError, ExpiredError.
+        SignatureError, TrustError, ManifestError, UnsafeMemberError, ResourceLimitError,
+        ExpiredError.
     """
-    key = verify_signature(
-        manifest_bytes,
-        signature,
-        trusted,
-        claimed_signer=lambda: _claimed_signer(manifest_bytes, limits),
-    )
+    if policy is None:
+        policy = from_trusted_keys(list(trusted))
+
+    def claimed() -> str | None:
+        return _claimed_signer(manifest_bytes, limits)
+
+    checks = check_signatures(manifest_bytes, signature, cosignatures, policy, claimed)
+    valid = [c for c in checks if c.status == "valid"]
+    if not valid:
+        if policy.from_trust:
+            # --trust alone: exactly the rejection (and message) from before revision 1.4.
+            verify_signature(
+                manifest_bytes, signature, policy.keys.values(), claimed_signer=claimed
+            )
+        raise no_valid_signature(policy, checks)
     manifest = parse_manifest(manifest_bytes, limits)
-    if manifest.signer != key.key_id:
+    primary = checks[0]
+    if primary.status == "valid" and manifest.signer != primary.key_id:
         raise SignatureError(
             f"manifest names signer {manifest.signer[:16]}... but was signed by "
-            f"{key.key_id[:16]}...",
+            f"{str(primary.key_id)[:16]}...",
             member="manifest.json",
         )
+    decision = decide(policy, manifest.name, checks)
     if manifest.expires is not None and now > manifest.expires:
         raise ExpiredError(
             f"expired at {manifest.expires} (now {now}, epoch seconds)",
             member="manifest.json",
             remedy="ask the publisher for a fresh bundle",
         )
-    return Verified(manifest=manifest, key=key, manifest_bytes=manifest_bytes, signature=signature)
+    first = primary.key_id if primary.status == "valid" else decision.counted[0]
+    assert first is not None
+    return Verified(
+        manifest=manifest,
+        key=policy.keys[first],
+        manifest_bytes=manifest_bytes,
+        signature=signature,
+        cosignatures=tuple(cosignatures),
+        signatures=checks,
+        decision=decision,
+        policy=policy,
+    )
 
 
 def _version_key(version: str) -> Version | None:

@@ -11,11 +11,13 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from ..errors import BundleError, TreeModifiedError
+from ..formats.cosign import Cosignature, parse_signature_file
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest
 from ..formats.signing import load_trusted_keys
-from ..layout import STATE_DIR, STATE_MANIFEST, STATE_SIGNATURE, STATE_SIGNER
-from .policy import verify_manifest
+from ..layout import STATE_COSIGNATURES, STATE_DIR, STATE_MANIFEST, STATE_SIGNATURE, STATE_SIGNER
+from .policy import Verified, verify_manifest
+from .trustpolicy import load_policy
 
 
 def open_regular(path: Path, rel: str) -> io.BufferedReader:
@@ -54,8 +56,12 @@ def check_unpacked(
     trust: Sequence[Path] | None = None,
     roots: Collection[str] | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    policy: Path | None = None,
 ) -> Manifest:
     """Verify DEST's stored manifest, then every file under ``roots`` against it.
+
+    With ``policy`` (a trust policy file, which replaces ``trust``) the stored signature and
+    the co-signatures kept at unpack (``.airgap/cosignatures.json``) must meet it again.
 
     With ``trust``, the stored manifest must verify with those keys; without it, with the key
     that verified it at unpack time (``.airgap/signer.pub``), which catches accidental and
@@ -73,17 +79,7 @@ def check_unpacked(
         raise TreeModifiedError(
             "symbolic link added", member=STATE_DIR, remedy="unpack the bundle again"
         )
-    try:
-        manifest_bytes = (dest / STATE_MANIFEST).read_bytes()
-        signature = (dest / STATE_SIGNATURE).read_bytes()
-    except OSError as e:
-        raise BundleError(
-            f"{dest} has no unpacked bundle ({e.strerror}: {e.filename})",
-            remedy="unpack one there first: airgap unpack BUNDLE DEST --trust KEY",
-        ) from e
-    keys = load_trusted_keys(list(trust) if trust else [dest / STATE_SIGNER])
-    # now=0: expiry is a property of the bundle at unpack time, not of every later start.
-    manifest = verify_manifest(manifest_bytes, signature, keys, now=0, limits=limits).manifest
+    manifest = stored_verified(dest, trust=trust, policy=policy, limits=limits).manifest
     wanted = {
         f.path: f for f in manifest.files if roots is None or f.path.split("/", 1)[0] in roots
     }
@@ -131,3 +127,46 @@ def _check_file(dest: Path, rel: str, entry: FileEntry | None) -> None:
             raise TreeModifiedError(
                 "file changed since unpack", member=rel, remedy="unpack the bundle again"
             )
+
+
+def stored_verified(
+    dest: Path,
+    *,
+    trust: Sequence[Path] | None = None,
+    policy: Path | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Verified:
+    """DEST's stored manifest verified again: with ``policy``, or ``trust``, or else the key
+    recorded at unpack; with the stored co-signatures. Checks no payload file.
+
+    Raises:
+        BundleError: DEST was not made by `airgap unpack`.
+        SignatureError, TrustError and other BundleRejected: it does not verify (any more).
+        PolicyError: the policy file cannot be used (exit 2).
+    """
+    try:
+        manifest_bytes = (dest / STATE_MANIFEST).read_bytes()
+        signature = (dest / STATE_SIGNATURE).read_bytes()
+    except OSError as e:
+        raise BundleError(
+            f"{dest} has no unpacked bundle ({e.strerror}: {e.filename})",
+            remedy="unpack one there first: airgap unpack BUNDLE DEST --trust KEY",
+        ) from e
+    cosignatures: tuple[Cosignature, ...] = ()
+    stored = dest / STATE_COSIGNATURES
+    if stored.exists() or stored.is_symlink():
+        with open_regular(stored, STATE_COSIGNATURES) as f:
+            data = f.read(limits.max_signature_file_bytes + 1)
+        cosignatures = parse_signature_file(data, manifest_bytes, STATE_COSIGNATURES, limits)
+    loaded = load_policy(policy) if policy is not None else None
+    keys = [] if loaded else load_trusted_keys(list(trust) if trust else [dest / STATE_SIGNER])
+    # now=0: expiry is a property of the bundle at unpack time, not of every later start.
+    return verify_manifest(
+        manifest_bytes,
+        signature,
+        keys,
+        now=0,
+        limits=limits,
+        cosignatures=cosignatures,
+        policy=loaded,
+    )

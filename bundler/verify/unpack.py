@@ -21,18 +21,29 @@ from ..errors import BundleError, IntegrityError
 from ..formats.archive import (
     OuterBundle,
     PayloadReader,
+    cosignature_member,
     decompressed_limit,
     hash_region,
     read_outer,
 )
+from ..formats.cosign import Cosignature, parse_signature_file, render_signature_file
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest, parse_manifest
 from ..formats.signing import load_trusted_keys, public_key_pem
 from ..formats.source import open_bundle
-from ..layout import OUTER_PAYLOAD, STATE_DIR, STATE_MANIFEST, STATE_SIGNATURE, STATE_SIGNER
+from ..layout import (
+    DETACHED_SUFFIX,
+    OUTER_PAYLOAD,
+    STATE_COSIGNATURES,
+    STATE_DIR,
+    STATE_MANIFEST,
+    STATE_SIGNATURE,
+    STATE_SIGNER,
+)
 from ..preflight import free_space, require, unpack_need
 from ..progress import NullProgress, Progress
 from .policy import MemberTracker, Verified, check_rollback, verify_manifest
+from .trustpolicy import TrustPolicy, load_policy
 
 _STAGE_TAG: Final = ".airgap-stage-"
 _RENAME_EXCHANGE: Final = 2
@@ -51,22 +62,78 @@ class Opened:
         return self.verified.manifest
 
 
+@dataclass(frozen=True)
+class TrustInputs:
+    """What decides trust: ``--trust`` keys, or a policy file (which then replaces them), and
+    the detached signature files' bytes, read at the edge (``read_detached``)."""
+
+    trust: Sequence[Path] = ()
+    policy: Path | None = None
+    detached: Sequence[tuple[str, bytes]] = ()
+
+    def load_policy(self) -> TrustPolicy | None:
+        return load_policy(self.policy) if self.policy is not None else None
+
+
+def read_detached(
+    bundle: Path, files: Sequence[Path] | None, limits: Limits = DEFAULT_LIMITS
+) -> list[tuple[str, bytes]]:
+    """The detached signature files: ``files``, or else ``BUNDLE.sig`` when it is there.
+
+    Each is read up to its size limit plus one byte, so a huge file costs nothing; the
+    parser refuses it as over the limit.
+
+    Raises:
+        BundleError: a file named in ``files`` cannot be read, or is not a regular file.
+    """
+    if files is None:
+        beside = bundle.with_name(bundle.name + DETACHED_SUFFIX)
+        if not beside.is_file():
+            return []
+        files = [beside]
+    out = []
+    for path in files:
+        with open_bundle(path) as f:
+            out.append((path.name, f.read(limits.max_signature_file_bytes + 1)))
+    return out
+
+
+def _cosignatures(
+    outer: OuterBundle, detached: Sequence[tuple[str, bytes]], limits: Limits
+) -> list[Cosignature]:
+    """Every co-signature presented: the bundle's members, then each detached file's."""
+    found = [Cosignature(kid, sig, cosignature_member(kid)) for kid, sig in outer.cosignatures]
+    for name, data in detached:
+        found.extend(parse_signature_file(data, outer.manifest, name, limits))
+    return found
+
+
 def _open_checked(
     f: BinaryIO,
-    trust: Sequence[Path],
+    inputs: TrustInputs,
     now: int,
     limits: Limits,
     progress: Progress,
     after_manifest: Callable[[Verified], None] | None = None,
 ) -> Opened:
-    """Signature, manifest and payload hash: everything before decompressing a byte.
+    """Signatures, manifest, trust policy and payload hash: everything before decompressing
+    a byte.
 
     ``after_manifest`` runs once the signed manifest is verified, before the payload is
     hashed (unpack's free-space preflight: refuse early, on sizes that are signed).
     """
-    keys = load_trusted_keys(trust)
+    policy = inputs.load_policy()
+    keys = load_trusted_keys(inputs.trust) if policy is None else []
     outer = read_outer(f, limits)
-    verified = verify_manifest(outer.manifest, outer.signature, keys, now=now, limits=limits)
+    verified = verify_manifest(
+        outer.manifest,
+        outer.signature,
+        keys,
+        now=now,
+        limits=limits,
+        cosignatures=_cosignatures(outer, inputs.detached, limits),
+        policy=policy,
+    )
     if after_manifest is not None:
         after_manifest(verified)
     info = verified.manifest.payload
@@ -111,14 +178,21 @@ def open_verified(
     *,
     now: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    policy: Path | None = None,
+    signature_files: Sequence[Path] | None = None,
 ) -> Verified:
-    """Verify the signature, the manifest and the payload hash; decompress nothing.
+    """Verify the signatures, the manifest and the payload hash; decompress nothing.
+
+    ``policy`` (a trust policy file) replaces ``trust``; ``signature_files`` are detached
+    co-signature files (default: ``BUNDLE.sig`` when it exists).
 
     Raises:
         BundleRejected subclasses (exit 3) for every failed check.
+        PolicyError: the policy file cannot be used (exit 2).
     """
+    inputs = TrustInputs(trust, policy, read_detached(bundle, signature_files, limits))
     with open_bundle(bundle) as f:
-        return _open_checked(f, trust, _now(now), limits, NullProgress()).verified
+        return _open_checked(f, inputs, _now(now), limits, NullProgress()).verified
 
 
 def verify(
@@ -128,15 +202,21 @@ def verify(
     now: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
     progress: Progress | None = None,
+    policy: Path | None = None,
+    signature_files: Sequence[Path] | None = None,
 ) -> Verified:
     """Full verification of every check `unpack` makes; writes nothing.
 
+    ``policy`` and ``signature_files`` as for ``open_verified``.
+
     Raises:
         BundleRejected subclasses (exit 3) for every failed check.
+        PolicyError: the policy file cannot be used (exit 2).
     """
     progress = progress or NullProgress()
+    inputs = TrustInputs(trust, policy, read_detached(bundle, signature_files, limits))
     with open_bundle(bundle) as f:
-        opened = _open_checked(f, trust, _now(now), limits, progress)
+        opened = _open_checked(f, inputs, _now(now), limits, progress)
         progress.start("verifying files", opened.manifest.payload.unpacked_size)
         for entry, chunks in _members(f, opened, limits):
             digest = hashlib.sha256()
@@ -262,11 +342,26 @@ class _Stage:
 
     def write_state(self, verified: Verified) -> None:
         self._mkdirs(STATE_DIR)
-        for rel, data in (
+        state = [
             (STATE_MANIFEST, verified.manifest_bytes),
             (STATE_SIGNATURE, verified.signature),
             (STATE_SIGNER, public_key_pem(verified.key.public)),
-        ):
+        ]
+        if verified.cosignatures:
+            # Every co-signature presented, whatever it was here: a later re-check with
+            # another policy verifies them again (one per key: the first one seen).
+            # For a key presented twice, a signature that verified here wins.
+            first: dict[str, bytes] = {}
+            checks = verified.signatures[1:] or (None,) * len(verified.cosignatures)
+            for co, check in zip(verified.cosignatures, checks, strict=True):
+                if check is not None and check.status in ("valid", "duplicate"):
+                    first.setdefault(co.key_id, co.signature)
+            for co in verified.cosignatures:
+                first.setdefault(co.key_id, co.signature)
+            state.append(
+                (STATE_COSIGNATURES, render_signature_file(verified.manifest_bytes, first.items()))
+            )
+        for rel, data in state:
             path = self.root / rel
             path.write_bytes(data)
             os.chmod(path, 0o644)
@@ -282,8 +377,13 @@ def unpack(
     limits: Limits = DEFAULT_LIMITS,
     progress: Progress | None = None,
     before_write: Callable[[Manifest], None] | None = None,
+    policy: Path | None = None,
+    signature_files: Sequence[Path] | None = None,
 ) -> Verified:
     """Verify ``bundle`` and install its payload at ``dest``, all or nothing.
+
+    ``policy`` and ``signature_files`` as for ``open_verified``; the co-signatures are kept
+    in ``DEST/.airgap/cosignatures.json`` for later re-checks.
 
     Members are written into a staging folder beside ``dest`` (same filesystem), synced, and
     swapped in with one rename; on any failure the stage is removed and ``dest`` is exactly as
@@ -294,6 +394,7 @@ def unpack(
 
     Raises:
         BundleRejected subclasses (exit 3): any failed check, including rollback.
+        PolicyError: the policy file cannot be used (exit 2).
         InsufficientSpaceError: the new tree does not fit beside ``dest``; nothing written.
         BundleError: ``dest`` cannot be written, or is a folder airgap did not make.
     """
@@ -318,9 +419,10 @@ def unpack(
                 f"{dest} is not empty and was not made by `airgap unpack`",
                 remedy="choose a new or empty destination folder",
             )
+        inputs = TrustInputs(trust, policy, read_detached(bundle, signature_files, limits))
         with open_bundle(bundle) as f:
             opened = _open_checked(
-                f, trust, _now(now), limits, progress, lambda v: _require_space(parent, v)
+                f, inputs, _now(now), limits, progress, lambda v: _require_space(parent, v)
             )
             if installed is not None and installed.name == opened.manifest.name:
                 check_rollback(opened.manifest, installed, allow_downgrade=allow_downgrade)
