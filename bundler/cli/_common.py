@@ -162,6 +162,7 @@ def cli() -> None:
     \b
     Online side:    keygen, lock, pack, inspect
     Isolated side:  verify, unpack, serve (local), build / run / stop (Docker)
+    Either side:    sign (co-sign a bundle; verify --policy counts N of M keys)
 
     \b
     Exit codes: 0 ok, 1 error, 2 usage, 3 bundle rejected.
