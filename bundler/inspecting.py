@@ -49,7 +49,7 @@ def read_unverified(bundle: Path) -> tuple[Manifest, list[PresentSignature]]:
     present += [PresentSignature(cosignature_member(k), k) for k, _ in outer.cosignatures]
     beside = bundle.with_name(bundle.name + DETACHED_SUFFIX)
     if beside.is_file():
-        with open_bundle(beside) as sf:
+        with open_bundle(beside, "signature file") as sf:
             data = sf.read(1 << 20)
         present += [
             PresentSignature(c.source, c.key_id)

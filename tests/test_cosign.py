@@ -617,3 +617,52 @@ def test_hostile_detached_files_are_refused(
     done = airgap("verify", bundle, "--trust", keys["alice"].pub)
     assert done.returncode == EXIT_REJECTED, done.stderr
     assert f"{sidecar.name}" in done.stderr and expected in done.stderr
+
+
+@pytest.mark.netns
+def test_run_and_build_re_check_the_stored_signatures_with_the_policy(
+    bundle: Path, tmp_path: Path, keys: dict[str, KeyPair]
+) -> None:
+    dest = tmp_path / "dest"
+    done = airgap("unpack", bundle, dest, "--trust", keys["alice"].pub, "--no-host-check")
+    assert done.returncode == 0, done.stderr
+    assert not (dest / STATE_COSIGNATURES).exists()  # none presented: the state is as before
+    strict = write_policy(tmp_path / "strict.toml", keys, "[[rules]]\nthreshold = 2\n")
+    # Both refuse on the stored signatures before any engine, venv or server is touched.
+    for cmd in (("run", dest, "--local", "--port", "5999"), ("build", dest)):
+        refused = airgap(*cmd, "--policy", strict, netns=True)
+        assert refused.returncode == EXIT_REJECTED, refused.stderr
+        assert refused.stderr.startswith(
+            "bundle rejected: trust: manifest.json.sig: 1 of 2 required signatures"
+        )
+
+
+@pytest.mark.parametrize("command", ["sign", "verify", "unpack"])
+def test_help_shows_a_co_signing_example(command: str) -> None:
+    done = airgap(command, "--help")
+    assert done.returncode == 0
+    assert "Example:" in done.stdout
+    assert ("--policy" if command != "sign" else "airgap sign iris.airgap --key") in done.stdout
+
+
+def test_sign_through_a_link_signs_the_bundle_and_keeps_the_link(
+    bundle: Path, tmp_path: Path, policy: Path, keys: dict[str, KeyPair]
+) -> None:
+    link = tmp_path / "link.airgap"
+    link.symlink_to(bundle)
+    sign(link, keys["bob"])
+    assert link.is_symlink()
+    assert airgap("verify", bundle, "--policy", policy).returncode == 0
+
+
+def test_sign_refuses_a_damaged_bundle_and_leaves_it_alone(
+    bundle: Path, keys: dict[str, KeyPair]
+) -> None:
+    data = bytearray(bundle.read_bytes())
+    data[BLOCK + 40] ^= 0xFF  # inside the payload: its sha256 no longer matches
+    bundle.write_bytes(bytes(data))
+    done = airgap("sign", bundle, "--key", keys["bob"].key)
+    assert done.returncode == EXIT_REJECTED
+    assert "integrity: payload.tar.zst: sha256 differs from the manifest" in done.stderr
+    assert bundle.read_bytes() == bytes(data)
+    assert not list(bundle.parent.glob(".*.tmp"))

@@ -14,8 +14,9 @@ from typing import BinaryIO
 from ..errors import BundleError
 
 
-def open_bundle(bundle: Path) -> BinaryIO:
-    """``bundle`` opened for reading; it must be a regular file.
+def open_bundle(bundle: Path, what: str = "bundle") -> BinaryIO:
+    """``bundle`` opened for reading; it must be a regular file. ``what`` names it in
+    messages (``"signature file"`` for a detached co-signature file, revision 1.4).
 
     Raises:
         BundleError: it cannot be opened, or it is not a regular file.
@@ -23,12 +24,12 @@ def open_bundle(bundle: Path) -> BinaryIO:
     try:
         f = bundle.open("rb")
     except OSError as e:
-        raise BundleError(f"cannot read bundle {bundle}: {e.strerror}") from e
+        raise BundleError(f"cannot read {what} {bundle}: {e.strerror}") from e
     # The reader seeks (over the payload, and back to hash it): a pipe cannot be read.
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         f.close()
         raise BundleError(
-            f"bundle {bundle} is not a regular file",
-            remedy="save the bundle to a file first, then pass that file",
+            f"{what} {bundle} is not a regular file",
+            remedy=f"save the {what} to a file first, then pass that file",
         )
     return f

@@ -4,12 +4,15 @@ bytes, as an outer member or in a detached file, without repacking anything."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import BundleError, IntegrityError, ResourceLimitError
 from ..formats.archive import hash_region, read_outer, write_cosignatures
@@ -76,17 +79,48 @@ def cosign(
     """
     progress = progress or NullProgress()
     private = load_private_key(key, passphrase)
+    # The real file: a link to the bundle stays a link, and the bundle it names is signed.
+    bundle = Path(os.path.realpath(bundle))
+    target = None
+    if detached:
+        target = Path(os.path.realpath(out or bundle.with_name(bundle.name + DETACHED_SUFFIX)))
+    with _locked((target or bundle).parent):
+        return _cosign(bundle, private, target, limits, progress)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the folder, so two signers at once never lose a signature (each
+    reads, adds and renames over; the second waits for the first's rename)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise BundleError(f"cannot open {folder}: {e.strerror}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _cosign(
+    bundle: Path,
+    private: Ed25519PrivateKey,
+    target: Path | None,
+    limits: Limits,
+    progress: Progress,
+) -> SignResult:
     kid = key_id(private.public_key())
     with open_bundle(bundle) as f:
         outer = read_outer(f, limits)
         manifest = parse_manifest(outer.manifest, limits)
         _check_payload(f, outer.payload_offset, outer.payload_size, manifest, progress)
         signature = sign(private, outer.manifest)
-        if detached:
-            target = out or bundle.with_name(bundle.name + DETACHED_SUFFIX)
+        if target is not None:
             return _sign_detached(bundle, target, manifest, outer.manifest, kid, signature, limits)
-        if kid == manifest.signer:
-            # The first signature is this key's already: a co-signature would count nothing.
+        if kid == manifest.signer and signature == outer.signature:
+            # The first signature is this key's already (Ed25519 is deterministic, so the
+            # same bytes): a co-signature would count nothing. A damaged one gets one.
             return SignResult(bundle, bundle, kid, False, False, len(outer.cosignatures), manifest)
         existing = dict(outer.cosignatures)
         if existing.get(kid) == signature:
@@ -138,7 +172,7 @@ def _sign_detached(
 ) -> SignResult:
     existing: dict[str, bytes] = {}
     if target.exists():
-        with open_bundle(target) as f:
+        with open_bundle(target, "signature file") as f:
             data = f.read(limits.max_signature_file_bytes + 1)
         for co in parse_signature_file(data, manifest_bytes, target.name, limits):
             existing[co.key_id] = co.signature

@@ -93,7 +93,7 @@ def read_detached(
         files = [beside]
     out = []
     for path in files:
-        with open_bundle(path) as f:
+        with open_bundle(path, "signature file") as f:
             out.append((path.name, f.read(limits.max_signature_file_bytes + 1)))
     return out
 
