@@ -9,6 +9,7 @@ from __future__ import annotations
 from .errors import BundleError, BundleRejected
 from .formats.manifest import Manifest
 from .inspecting import read_manifest_unverified as inspect_bundle
+from .pack.cosign import cosign as cosign_bundle
 from .pack.pipeline import pack as pack_bundle
 from .verify.tree import check_unpacked
 from .verify.unpack import unpack as unpack_bundle
@@ -19,6 +20,7 @@ __all__ = [
     "BundleRejected",
     "Manifest",
     "check_unpacked",
+    "cosign_bundle",
     "inspect_bundle",
     "pack_bundle",
     "unpack_bundle",

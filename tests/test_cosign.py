@@ -666,3 +666,30 @@ def test_sign_refuses_a_damaged_bundle_and_leaves_it_alone(
     assert "integrity: payload.tar.zst: sha256 differs from the manifest" in done.stderr
     assert bundle.read_bytes() == bytes(data)
     assert not list(bundle.parent.glob(".*.tmp"))
+
+
+def test_two_signers_at_once_both_land(
+    bundle: Path, policy: Path, keys: dict[str, KeyPair]
+) -> None:
+    procs = [
+        subprocess.Popen(
+            [*AIRGAP, "sign", str(bundle), "--key", str(keys[n].key)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for n in ("bob", "carol", "mallory")
+    ]
+    assert [p.wait(120) for p in procs] == [0, 0, 0]
+    # Each signer reads, adds and renames over; the folder lock makes them take turns.
+    assert set(members(bundle)) - {"payload.tar.zst", "manifest.json", "manifest.json.sig"} == {
+        COSIG + keys[n].key_id for n in ("bob", "carol", "mallory")
+    }
+
+
+def test_detached_out_must_not_be_the_bundle(bundle: Path, keys: dict[str, KeyPair]) -> None:
+    original = bundle.read_bytes()
+    done = airgap("sign", bundle, "--key", keys["bob"].key, "--detached", "--out", bundle)
+    assert done.returncode == EXIT_USAGE and "is the bundle itself" in done.stderr
+    assert bundle.read_bytes() == original
+    no_detached = airgap("sign", bundle, "--key", keys["bob"].key, "--out", "x.sig")
+    assert no_detached.returncode == EXIT_USAGE and "--out is for --detached" in no_detached.stderr

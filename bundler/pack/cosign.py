@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..errors import BundleError, IntegrityError, ResourceLimitError
+from ..errors import BundleError, IntegrityError, ResourceLimitError, UsageError
 from ..formats.archive import hash_region, read_outer, write_cosignatures
 from ..formats.cosign import parse_signature_file, render_signature_file
 from ..formats.limits import DEFAULT_LIMITS, Limits
@@ -76,6 +76,7 @@ def cosign(
         BundleRejected subclasses: the bundle (or the detached file) is malformed.
         ResourceLimitError: the bundle already holds the most co-signatures allowed.
         BundleError: a file cannot be written.
+        UsageError: ``out`` is the bundle itself.
     """
     progress = progress or NullProgress()
     private = load_private_key(key, passphrase)
@@ -84,6 +85,11 @@ def cosign(
     target = None
     if detached:
         target = Path(os.path.realpath(out or bundle.with_name(bundle.name + DETACHED_SUFFIX)))
+        if target == bundle:
+            raise UsageError(
+                f"--out {out} is the bundle itself",
+                remedy="name a new .sig file, or leave out --out",
+            )
     with _locked((target or bundle).parent):
         return _cosign(bundle, private, target, limits, progress)
 
