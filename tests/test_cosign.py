@@ -693,3 +693,46 @@ def test_detached_out_must_not_be_the_bundle(bundle: Path, keys: dict[str, KeyPa
     assert bundle.read_bytes() == original
     no_detached = airgap("sign", bundle, "--key", keys["bob"].key, "--out", "x.sig")
     assert no_detached.returncode == EXIT_USAGE and "--out is for --detached" in no_detached.stderr
+
+
+# ---- the pure core: trust rules on bytes, no files --------------------------------------------
+
+
+def test_trust_rules_on_bytes_alone(keys: dict[str, KeyPair]) -> None:
+    from bundler.errors import SignatureError, TrustError
+    from bundler.formats.cosign import Cosignature
+    from bundler.formats.signing import TrustedKey
+    from bundler.verify.trustpolicy import Rule, TrustPolicy, check_signatures, decide
+
+    def trusted(n: str) -> TrustedKey:
+        return TrustedKey(keys[n].key_id, keys[n].private.public_key(), Path(n))
+
+    message = b'{"any": "bytes"}\n'
+    policy = TrustPolicy(
+        keys={keys[n].key_id: trusted(n) for n in ("alice", "bob", "carol")},
+        names={keys[n].key_id: n for n in ("alice", "bob", "carol")},
+        rules=(Rule(("*",), tuple(keys[n].key_id for n in ("alice", "bob", "carol")), 2),),
+        source="p",
+    )
+    primary = keys["alice"].private.sign(message)
+    bob = keys["bob"].private.sign(message)
+    flipped = bytes([bob[0] ^ 1]) + bob[1:]
+    cos = [
+        Cosignature(keys["bob"].key_id, flipped, "m1"),
+        Cosignature(keys["mallory"].key_id, keys["mallory"].private.sign(message), "m2"),
+        Cosignature(keys["alice"].key_id, primary, "m3"),
+    ]
+    checks = check_signatures(message, primary, cos, policy)
+    assert [c.status for c in checks] == ["valid", "invalid", "unknown", "duplicate"]
+    with pytest.raises(TrustError, match=r"1 of 2 required signatures.*invalid, not counted: m1"):
+        decide(policy, "demo", checks)
+    checks = check_signatures(message, primary, [Cosignature(keys["bob"].key_id, bob, "m")], policy)
+    decision = decide(policy, "demo", checks)
+    assert decision.counted == (keys["alice"].key_id, keys["bob"].key_id)
+    assert decision.missing == (keys["carol"].key_id,)
+
+    # verify_manifest with --trust alone keeps the pre-1.4 rejection for a foreign signer.
+    from bundler.verify.policy import verify_manifest
+
+    with pytest.raises(SignatureError, match="does not verify with any trusted key"):
+        verify_manifest(message, bob, [trusted("alice")], now=0)
