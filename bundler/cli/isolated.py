@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
+from ..errors import UsageError, escape
 from ..formats.manifest import Manifest
 from ..verify.unpack import unpack as unpack_bundle
 from ..verify.unpack import verify as verify_bundle
@@ -110,7 +110,7 @@ def serve_cmd(
         else:
             if result is not None:
                 click.echo(result.summary(), err=True)
-            click.echo(f"serving {dest} at {url}/score (Ctrl-C stops)", err=True)
+            click.echo(f"serving {escape(str(dest))} at {url}/score (Ctrl-C stops)", err=True)
 
     if metrics_port is not None and metrics_port == port:
         raise UsageError(
@@ -160,9 +160,11 @@ def verify(bundle: Path, trust: tuple[Path, ...], quiet: bool, as_json: bool) ->
             }
         )
         return
+    # Name and version come from the bundle: escaped, so they cannot forge lines (JSON is
+    # safe as it is).
     click.echo(
-        f"OK: {m.name} {m.version}, {m.payload.file_count} files, signed by "
-        f"{m.signer[:16]}... ({verified.key.source})"
+        f"OK: {escape(m.name)} {escape(m.version)}, {m.payload.file_count} files, signed by "
+        f"{m.signer[:16]}... ({escape(str(verified.key.source))})"
     )
 
 
@@ -209,7 +211,7 @@ def unpack(
     def host_check(manifest: Manifest) -> None:
         warning = unpack_verdict(manifest, this_host())
         if warning:
-            click.echo(f"warning: {warning}", err=True)
+            click.echo(f"warning: {escape(warning)}", err=True)
 
     verified = unpack_bundle(
         bundle,
@@ -223,4 +225,7 @@ def unpack(
     if as_json:
         emit_json({"ok": True, "dest": str(dest), **summary(m)})
         return
-    click.echo(f"unpacked {m.name} {m.version} into {dest} ({m.payload.file_count} files)")
+    click.echo(
+        f"unpacked {escape(m.name)} {escape(m.version)} into {escape(str(dest))} "
+        f"({m.payload.file_count} files)"
+    )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from ..errors import BundleError, IntegrityError
+from ..errors import BundleError, IntegrityError, escape
 from ..formats.archive import (
     OuterBundle,
     PayloadReader,
@@ -28,11 +28,17 @@ from ..formats.archive import (
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest, parse_manifest
 from ..formats.signing import load_trusted_keys, public_key_pem
-from ..formats.source import open_bundle
+from ..formats.source import open_bundle, read_regular
 from ..layout import OUTER_PAYLOAD, STATE_DIR, STATE_MANIFEST, STATE_SIGNATURE, STATE_SIGNER
 from ..preflight import free_space, require, unpack_need
 from ..progress import NullProgress, Progress
-from .policy import MemberTracker, Verified, check_rollback, verify_manifest
+from .policy import (
+    MemberTracker,
+    Verified,
+    check_outer_times,
+    check_rollback,
+    verify_manifest,
+)
 
 _STAGE_TAG: Final = ".airgap-stage-"
 _RENAME_EXCHANGE: Final = 2
@@ -67,6 +73,7 @@ def _open_checked(
     keys = load_trusted_keys(trust)
     outer = read_outer(f, limits)
     verified = verify_manifest(outer.manifest, outer.signature, keys, now=now, limits=limits)
+    check_outer_times(outer.mtimes, verified.manifest)
     if after_manifest is not None:
         after_manifest(verified)
     info = verified.manifest.payload
@@ -92,7 +99,7 @@ def _members(
     member this checks that nothing is missing and the compressed bytes did not change.
     """
     manifest = opened.manifest
-    tracker = MemberTracker(expected=manifest.file_map(), limits=limits)
+    tracker = MemberTracker(expected=manifest.file_map(), created=manifest.created, limits=limits)
     limit = decompressed_limit(manifest.payload.unpacked_size, manifest.payload.file_count)
     reader = PayloadReader(f, opened.outer.payload_offset, opened.outer.payload_size, limit, limits)
     for header, chunks in reader.members():
@@ -154,19 +161,23 @@ def verify(
 def read_installed(dest: Path, limits: Limits = DEFAULT_LIMITS) -> Manifest | None:
     """The manifest of the bundle already unpacked at ``dest``, or None if there is none."""
     path = dest / STATE_MANIFEST
+    shown = escape(str(path))
+    remedy = f"remove {escape(str(dest))} if it is not needed, then unpack again"
     try:
-        data = path.read_bytes()
+        # A FIFO or device planted as the state file is refused, never read (it would hang).
+        data = read_regular(
+            path,
+            lambda reason: BundleError(f"{shown} {reason}", remedy=remedy),
+            limits.max_manifest_bytes,
+        )
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise BundleError(f"cannot read {path}: {e.strerror}") from e
+        raise BundleError(f"cannot read {shown}: {e.strerror}") from e
     try:
         return parse_manifest(data, limits)
     except BundleError as e:
-        raise BundleError(
-            f"{path} is not a valid manifest ({e.message})",
-            remedy=f"remove {dest} if it is not needed, then unpack again",
-        ) from e
+        raise BundleError(f"{shown} is not a valid manifest ({e.message})", remedy=remedy) from e
 
 
 @contextlib.contextmanager
