@@ -348,3 +348,23 @@ def raw_public_pem(raw: bytes) -> bytes:
     der = bytes.fromhex("302a300506032b6570032100") + raw
     b64 = base64.encodebytes(der).replace(b"\n", b"")
     return b"-----BEGIN PUBLIC KEY-----\n" + b64 + b"\n-----END PUBLIC KEY-----\n"
+
+
+# ---- header surgery -----------------------------------------------------------------------
+
+
+def patched(data: bytes, at: int, value: bytes, *, checksum: str = "unsigned") -> bytes:
+    """``data`` (a member: its header first) with ``value`` written at header offset ``at``.
+
+    The checksum is then recomputed as POSIX says (``"unsigned"``), as old tars did with
+    signed bytes (``"signed"``), or left as it was (``"keep"``).
+    """
+    block = bytearray(data)
+    block[at : at + len(value)] = value
+    if checksum != "keep":
+        block[148:156] = b" " * 8
+        total = sum(block[:BLOCK])
+        if checksum == "signed":
+            total -= 256 * sum(1 for b in block[:BLOCK] if b >= 0x80)
+        block[148:156] = b"%06o\x00 " % total
+    return bytes(block)

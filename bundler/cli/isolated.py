@@ -134,7 +134,8 @@ def serve_cmd(
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+# A folder, FIFO or device is refused by open_bundle, in one line (formats/source.py).
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True))
 @trust_option
 @quiet_option
 @json_option
@@ -169,7 +170,8 @@ def verify(bundle: Path, trust: tuple[Path, ...], quiet: bool, as_json: bool) ->
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+# A folder, FIFO or device is refused by open_bundle, in one line (formats/source.py).
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True))
 @click.argument("dest", type=click.Path(path_type=Path))
 @trust_option
 @click.option(
