@@ -443,6 +443,17 @@ def test_zstd_frame_variants_are_accepted(variant: str, scene: Scene) -> None:
     assert (scene.victim.dest / SCORE.path).read_bytes() == SCORE.data
 
 
+def test_zstd_dictionary_frame_is_refused(scene: Scene) -> None:
+    import zstandard
+
+    samples = [bytes([i]) * 64 + b"sample %d" % i for i in range(200)]
+    dictionary = zstandard.train_dictionary(2048, samples)
+    bundle = scene.bundle(
+        compress=lambda t: zstandard.ZstdCompressor(dict_data=dictionary).compress(t)
+    )
+    scene.refused(bundle, IntegrityError, "payload.tar.zst", "zstd stream is corrupt")
+
+
 def test_zstd_trailing_garbage_is_refused(scene: Scene) -> None:
     bundle = scene.bundle(compress=lambda t: _frame(t) + b"garbage!")
     scene.refused(bundle, IntegrityError, "payload.tar.zst", "zstd stream is corrupt")
@@ -479,6 +490,12 @@ def test_smuggled_member_with_control_or_bidi_character(char: str, scene: Scene)
     name = f"app/x{char}y.py"
     bundle = scene.bundle(payload_members=[*craft.members_of(DEFAULT_FILES), craft.member(name)])
     scene.refused(bundle, UnsafeMemberError, f"app/x{escape(char)}y.py", "character in name")
+
+
+def test_pack_refuses_the_same_names(make_bundle: Callable[..., Path]) -> None:
+    # Writer and reader share the rule (formats/manifest.py check_member_name).
+    with pytest.raises(UnsafeMemberError, match=r"U\+202E"):
+        make_bundle(files={**{f.path: (f.data, f.mode) for f in DEFAULT_FILES}, "app/\u202e": b""})
 
 
 def test_printable_unicode_names_are_still_fine(scene: Scene) -> None:
@@ -781,3 +798,13 @@ def test_fifo_as_project_file_is_refused_at_once(tmp_path: Path, publisher: KeyP
     )
     assert result.returncode != 0, result
     assert "is not a regular file (a FIFO" in result.stderr, result.stderr
+
+
+def test_fifo_as_tls_file_is_refused_before_openssl_opens_it(tmp_path: Path) -> None:
+    from bundler.runtime.config import ConfigError
+    from bundler.runtime.tls import server_context
+
+    fifo = tmp_path / "cert.pem"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        server_context(fifo, fifo)
