@@ -130,6 +130,8 @@ class Header:
 # space, sign or empty field (GNU, bsdtar and Python's tarfile all write this shape).
 _NUMBER: Final = re.compile(rb"([0-7]+)[\x00 ]+")
 _ALLOWED_MODES: Final = (0o644, 0o755)
+_ZERO_OWNERS: Final = _ZERO_ID * 2  # two numeric fields holding 0, as our writer spells them
+_CANON_MODES: Final = {b"%07o\x00" % m: m for m in _ALLOWED_MODES}
 
 
 def _text_field(field: bytes) -> tuple[bytes, bool]:
@@ -189,10 +191,10 @@ def parse_header(block: bytes, offset: int) -> Header:
     raw_name = prefix_field + b"/" + name_field if prefix_field else name_field
     shown = raw_name.decode("utf-8", "replace")[:200] or "''"
     # The checksum first: nothing else in a block that fails it is worth a word.
-    computed = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+    computed = sum(block) - sum(block[148:156]) + 8 * 0x20
     stored = _NUMBER.fullmatch(block[148:156])
     if stored is None or int(stored.group(1), 8) != computed:
-        detail = ""
+        detail = " (the field holds no octal number)" if stored is None else ""
         if stored is not None:
             signed = computed - 256 * sum(1 for b in block[:148] + block[156:] if b >= 0x80)
             if int(stored.group(1), 8) == signed:
@@ -215,7 +217,7 @@ def parse_header(block: bytes, offset: int) -> Header:
             f"{block[257:265]!r}, not b'ustar\\x0000'",
             member=shown,
         )
-    mode = _parse_number(block[100:108], "mode", shown)
+    mode = _CANON_MODES.get(block[100:108]) or _parse_number(block[100:108], "mode", shown)
     if mode & 0o7000:
         raise UnsafeMemberError(f"mode {mode:o} has setuid, setgid or sticky bits", member=shown)
     if mode not in _ALLOWED_MODES:
@@ -228,10 +230,13 @@ def parse_header(block: bytes, offset: int) -> Header:
         raise UnsafeMemberError(
             "bytes after the NUL that ends the name or prefix field", member=shown
         )
-    uid = _parse_number(block[108:116], "uid", shown)
-    gid = _parse_number(block[116:124], "gid", shown)
-    if uid or gid:
-        raise UnsafeMemberError(f"owner uid {uid}, gid {gid}; both must be 0", member=shown)
+    # Fast paths for the fields as our writer (and GNU tar) writes them; anything else is
+    # parsed under the full rule, to accept another writer's spelling or name the problem.
+    if block[108:124] != _ZERO_OWNERS:
+        uid = _parse_number(block[108:116], "uid", shown)
+        gid = _parse_number(block[116:124], "gid", shown)
+        if uid or gid:
+            raise UnsafeMemberError(f"owner uid {uid}, gid {gid}; both must be 0", member=shown)
     if block[265:329].count(0) != 64:
         uname, gname = (_text_field(block[a:b])[0] for a, b in ((265, 297), (297, 329)))
         raise UnsafeMemberError(
@@ -246,13 +251,15 @@ def parse_header(block: bytes, offset: int) -> Header:
             f"link name {link!r} on a regular file; it must be empty",
             member=shown,
         )
-    major = _parse_number(block[329:337], "devmajor", shown, empty_ok=True)
-    minor = _parse_number(block[337:345], "devminor", shown, empty_ok=True)
-    if major or minor:
-        raise UnsafeMemberError(
-            f"device numbers {major},{minor} on a regular file; they must be 0 or empty",
-            member=shown,
-        )
+    devices = block[329:345]
+    if devices.count(0) != 16 and devices != _ZERO_OWNERS:
+        major = _parse_number(block[329:337], "devmajor", shown, empty_ok=True)
+        minor = _parse_number(block[337:345], "devminor", shown, empty_ok=True)
+        if major or minor:
+            raise UnsafeMemberError(
+                f"device numbers {major},{minor} on a regular file; they must be 0 or empty",
+                member=shown,
+            )
     if block[500:512].count(0) != 12:
         raise UnsafeMemberError("non-zero bytes in the header's unused tail", member=shown)
     return Header(name=name, size=size, mode=mode, offset=offset, mtime=mtime)
