@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -671,6 +672,27 @@ def specials(tmp_path: Path) -> Iterator[dict[str, Path]]:
         sock.close()
 
 
+def within(seconds: float, fn: Callable[[], Any]) -> Any:
+    """``fn()``, run in a daemon thread: a call that blocks (a FIFO opened for reading) fails
+    the test after ``seconds`` instead of hanging the whole run."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(("ok", fn()))
+        except BaseException as e:  # handed back to the test below
+            outcome.append(("raised", e))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"blocked for {seconds} s"
+    kind, value = outcome[0]
+    if kind == "raised":
+        raise value
+    return value
+
+
 KIND_WORDS = {
     "fifo": "a FIFO",
     "dev-zero": "a character device",
@@ -706,7 +728,7 @@ def test_non_regular_bundle_is_refused_at_once(
 def test_non_regular_bundle_through_the_library(specials: dict[str, Path]) -> None:
     for kind, path in specials.items():
         with pytest.raises(BundleError, match=r"is not a regular file \(") as info:
-            verify(path, [])
+            within(10, lambda p=path: verify(p, []))
         assert not isinstance(info.value, BundleRejected), kind
         assert KIND_WORDS[kind] in str(info.value)
 
@@ -732,14 +754,15 @@ def test_fifo_in_a_trusted_folder_is_skipped_not_read(
     folder.mkdir()
     (folder / "publisher.pub").write_bytes(publisher.pub.read_bytes())
     os.mkfifo(folder / "planted.pub")
-    assert verify(good_unpack.bundle, [folder], now=NOW).manifest.name == "demo"
+    verified = within(10, lambda: verify(good_unpack.bundle, [folder], now=NOW))
+    assert verified.manifest.name == "demo"
 
 
 def test_fifo_as_trust_key_through_the_library(tmp_path: Path, good_unpack: GoodUnpack) -> None:
     fifo = tmp_path / "key.pub"
     os.mkfifo(fifo)
     with pytest.raises(TrustError, match=r"the key file is not a regular file \(a FIFO"):
-        verify(good_unpack.bundle, [fifo], now=NOW)
+        within(10, lambda: verify(good_unpack.bundle, [fifo], now=NOW))
 
 
 @pytest.mark.netns
@@ -807,4 +830,22 @@ def test_fifo_as_tls_file_is_refused_before_openssl_opens_it(tmp_path: Path) -> 
     fifo = tmp_path / "cert.pem"
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match="is not a regular file"):
-        server_context(fifo, fifo)
+        within(10, lambda: server_context(fifo, fifo))
+
+
+@pytest.mark.netns
+def test_doctor_names_a_fifo_bundle_at_once(specials: dict[str, Path]) -> None:
+    result = _airgap("doctor", specials["fifo"], "--json")
+    report = json.loads(result.stdout)
+    check = next(c for c in report["checks"] if c["name"] == "manifest")
+    assert report["kind"] == "bundle" and check["status"] == "fail"
+    assert "is not a regular file (a FIFO" in check["detail"]
+
+
+def test_fifo_as_the_venv_marker_means_remake_not_hang(tmp_path: Path) -> None:
+    from bundler.deploy import local
+
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    os.mkfifo(venv / local.VENV_MARKER)
+    assert within(10, lambda: local._venv_usable(venv, {"python": "3.11"})) is False

@@ -11,6 +11,7 @@ by name, never opened in a way that could block or read forever.
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import stat
 from collections.abc import Callable
@@ -37,7 +38,7 @@ def file_kind(mode: int) -> str:
     return "an unknown file type"
 
 
-def open_regular(path: Path, refuse: Refuse) -> BinaryIO:
+def open_regular(path: Path, refuse: Refuse) -> io.BufferedReader:
     """``path`` opened for reading, only if it is a regular file (symbolic links followed).
 
     stat first, so a device or FIFO is refused without being opened at all (opening some
