@@ -238,7 +238,7 @@ def parse_header(block: bytes, offset: int) -> Header:
         if uid or gid:
             raise UnsafeMemberError(f"owner uid {uid}, gid {gid}; both must be 0", member=shown)
     if block[265:329].count(0) != 64:
-        uname, gname = (_text_field(block[a:b])[0] for a, b in ((265, 297), (297, 329)))
+        uname, gname = block[265:297].rstrip(b"\x00"), block[297:329].rstrip(b"\x00")
         raise UnsafeMemberError(
             f"owner names {uname!r}, {gname!r}; uname and gname must be empty",
             member=shown,
@@ -246,7 +246,7 @@ def parse_header(block: bytes, offset: int) -> Header:
     size = _parse_size(block[124:136], shown)
     mtime = _parse_number(block[136:148], "mtime", shown)
     if block[157:257].count(0) != 100:
-        link = _text_field(block[157:257])[0]
+        link = block[157:257].rstrip(b"\x00")
         raise UnsafeMemberError(
             f"link name {link!r} on a regular file; it must be empty",
             member=shown,

@@ -27,7 +27,7 @@ def file_kind(mode: int) -> str:
     """What a non-regular file is, in words (for "X is not a regular file (a FIFO)")."""
     for test, kind in (
         (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISFIFO, "a FIFO"),
         (stat.S_ISCHR, "a character device"),
         (stat.S_ISBLK, "a block device"),
         (stat.S_ISSOCK, "a socket"),
