@@ -18,6 +18,9 @@ def read_manifest_unverified(bundle: Path) -> Manifest:
     """
     with open_bundle(bundle) as f:
         try:
-            return parse_manifest(read_outer(f).manifest)
+            outer = read_outer(f)
+            manifest = parse_manifest(outer.manifest)
+            outer.check_times(manifest.created)  # §2, as verify checks it (not trusted here)
+            return manifest
         except OSError as e:
             raise BundleError(f"cannot read bundle {bundle}: {e.strerror}") from e

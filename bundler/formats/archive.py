@@ -458,9 +458,23 @@ class OuterBundle:
     payload_offset: int
     payload_size: int
     # (member name, header mtime) of the three members, in order: §2 wants each to be the
-    # manifest's ``created``, which is only known once the manifest is verified
-    # (verify/policy.py check_outer_times).
+    # manifest's ``created``, which is only known once the manifest is read (check_times).
     mtimes: tuple[tuple[str, int], ...] = ()
+
+    def check_times(self, created: int) -> None:
+        """Every outer header's mtime is the manifest's ``created`` (§2).
+
+        The outer headers are parsed before anything is trusted, so callers run this once
+        the manifest is parsed (after its signature verified, when verifying: §7 step 4).
+
+        Raises:
+            UnsafeMemberError: naming the first outer member whose mtime differs.
+        """
+        for name, mtime in self.mtimes:
+            if mtime != created:
+                raise UnsafeMemberError(
+                    f"mtime {mtime} is not the manifest's created time {created}", member=name
+                )
 
 
 def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:

@@ -110,23 +110,6 @@ def check_rollback(new: Manifest, installed: Manifest | None, *, allow_downgrade
         )
 
 
-def check_outer_times(mtimes: Iterable[tuple[str, int]], manifest: Manifest) -> None:
-    """Every outer header's mtime is the manifest's ``created`` (§2).
-
-    The outer headers are parsed before anything is trusted, so this runs once the signed
-    manifest verified, before the payload is hashed (§7 step 3).
-
-    Raises:
-        UnsafeMemberError: naming the first outer member whose mtime differs.
-    """
-    for name, mtime in mtimes:
-        if mtime != manifest.created:
-            raise UnsafeMemberError(
-                f"mtime {mtime} is not the manifest's created time {manifest.created}",
-                member=name,
-            )
-
-
 @dataclass
 class MemberTracker:
     """Matches payload members against the signed file list, one header at a time.

@@ -32,13 +32,7 @@ from ..formats.source import open_bundle, read_regular
 from ..layout import OUTER_PAYLOAD, STATE_DIR, STATE_MANIFEST, STATE_SIGNATURE, STATE_SIGNER
 from ..preflight import free_space, require, unpack_need
 from ..progress import NullProgress, Progress
-from .policy import (
-    MemberTracker,
-    Verified,
-    check_outer_times,
-    check_rollback,
-    verify_manifest,
-)
+from .policy import MemberTracker, Verified, check_rollback, verify_manifest
 
 _STAGE_TAG: Final = ".airgap-stage-"
 _RENAME_EXCHANGE: Final = 2
@@ -73,7 +67,7 @@ def _open_checked(
     keys = load_trusted_keys(trust)
     outer = read_outer(f, limits)
     verified = verify_manifest(outer.manifest, outer.signature, keys, now=now, limits=limits)
-    check_outer_times(outer.mtimes, verified.manifest)
+    outer.check_times(verified.manifest.created)
     if after_manifest is not None:
         after_manifest(verified)
     info = verified.manifest.payload
