@@ -289,7 +289,7 @@ def test_octal_variants_are_accepted(scene: Scene) -> None:
             (108, b"000000 \x00"),  # uid, gid as bsdtar writes them
             (116, b"0 \x00\x00\x00\x00\x00\x00"),
             (124, b"%011o " % len(data)),  # size ended by a space
-            (136, b"%o \x00\x00" % CREATED),
+            (136, b"%o " % CREATED),  # mtime: 11 digits and a space, no NUL
             (329, b"\x00" * 16),  # device numbers empty
         ):
             m = craft.patched(m, offset, value)
@@ -298,6 +298,9 @@ def test_octal_variants_are_accepted(scene: Scene) -> None:
     long_name = "app/" + "n" * 96  # exactly 100 bytes: the name field has no NUL
     files = [*DEFAULT_FILES[:1], F(long_name, b"long"), *REST]
     payload = [libarchive_style(f) for f in files]
+    canonical = craft.members_of(files)
+    assert all(a[:BLOCK] != b[:BLOCK] for a, b in zip(payload, canonical, strict=True))
+    assert payload[0][100:108] == b"644 \x00   " and payload[0][136:148] == b"%o " % CREATED
     bundle = scene.bundle(files=files, payload_members=payload)
     assert verify(bundle, [scene.publisher.pub], now=NOW).manifest.name == "demo"
     unpack(bundle, scene.victim.dest, [scene.publisher.pub], now=NOW)
