@@ -769,7 +769,7 @@ def test_fifo_as_trust_key_through_the_library(tmp_path: Path, good_unpack: Good
 
 
 @pytest.mark.netns
-@pytest.mark.parametrize("state", ["manifest.json", "manifest.json.sig"])
+@pytest.mark.parametrize("state", ["manifest.json", "manifest.json.sig", "signer.pub"])
 def test_fifo_as_dest_state_file_is_refused_at_once(
     state: str, tmp_path: Path, publisher: KeyPair, good_unpack: GoodUnpack
 ) -> None:
