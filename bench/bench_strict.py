@@ -103,9 +103,10 @@ def main() -> int:
         full = verify_rounds(Path(tmp), args.files, args.size, args.rounds)
     h = {k: statistics.median(v) for k, v in headers.items()}
     v = {k: statistics.median(v) for k, v in full.items()}
+    load = os.getloadavg()[0]
     lines = [
         f"# Strict reader cost ({args.rounds} interleaved rounds, medians, "
-        f"{os.cpu_count()} CPUs, shared and loaded machine)",
+        f"{os.cpu_count()} CPUs, load average {load:.1f} at the end: a shared machine)",
         "",
         "| measure | airgap | baseline | ratio |",
         "|---|---|---|---|",
