@@ -10,6 +10,36 @@ EXIT_REJECTED = 3
 EXIT_SMOKE = 4  # the server runs, but its answer to the smoke test is wrong (or missing)
 
 
+def escape(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with every non-printable character escaped, so it prints as one plain line.
+
+    Untrusted text (member names, a manifest's name and version, key ids, paths from DEST)
+    goes through here before it enters a message: a CR, LF or BEL in a crafted name must not
+    end the line, fake an "OK" on a terminal or start an escape sequence. Non-printable is
+    ``str.isprintable``'s rule: C0 and C1 controls, DEL, line and paragraph separators
+    (U+2028/2029), format characters such as the bidi overrides (U+202A-202E, U+2066-2069),
+    other separators than the ASCII space, surrogates (undecodable file names) and unassigned
+    code points. Each becomes ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``. Backslashes are kept
+    as they are, so escaping is idempotent and the funnel can apply it again to a whole line.
+    ``keep_newlines`` keeps LF (a server log quoted after the message), nothing else.
+    """
+    if text.isprintable():
+        return text  # the common case: nothing to do
+    out = []
+    for ch in text:
+        if ch.isprintable() or (keep_newlines and ch == "\n"):
+            out.append(ch)
+            continue
+        code = ord(ch)
+        if code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
 class BundleError(Exception):
     """Base class of every expected failure; the CLI prints it as one line, no traceback.
 
@@ -18,6 +48,7 @@ class BundleError(Exception):
 
     exit_code = EXIT_ERROR
     prefix = "error"
+    multiline = False  # True: the message may quote a log, one line per line
 
     def __init__(self, message: str, *, remedy: str | None = None) -> None:
         super().__init__(message)
@@ -25,11 +56,15 @@ class BundleError(Exception):
         self.remedy = remedy
 
     def diagnostics(self) -> str:
-        """The one line the CLI prints: what failed, then what to do."""
+        """The one line the CLI prints: what failed, then what to do.
+
+        Escaped as a whole (``escape``): whatever untrusted text a message quotes, the line
+        stays one line with no raw control character.
+        """
         text = f"{self.prefix}: {self.message}"
         if self.remedy:
             text += f"; {self.remedy}"
-        return text
+        return escape(text, keep_newlines=self.multiline)
 
 
 class UsageError(BundleError):
@@ -69,7 +104,10 @@ class KeyFileError(BundleError):
 
 
 class BundleRejected(BundleError):
-    """The bundle failed a check; nothing was written. ``check`` and ``member`` name it."""
+    """The bundle failed a check; nothing was written. ``check`` and ``member`` name it.
+
+    ``member`` usually comes from the bundle itself, so it is kept escaped (``escape``).
+    """
 
     exit_code = EXIT_REJECTED
     prefix = "bundle rejected"
@@ -78,8 +116,8 @@ class BundleRejected(BundleError):
     def __init__(
         self, message: str, *, member: str | None = None, remedy: str | None = None
     ) -> None:
-        self.member = member
-        where = f"{self.check}: {member}: " if member else f"{self.check}: "
+        self.member = None if member is None else escape(member)
+        where = f"{self.check}: {self.member}: " if member else f"{self.check}: "
         super().__init__(where + message, remedy=remedy)
 
 
@@ -154,6 +192,8 @@ class ContainerError(BundleError):
 
 class LocalRunnerError(BundleError):
     """The local runner could not create its environment or start the server."""
+
+    multiline = True  # a failed start quotes the server's log (init()'s traceback)
 
 
 class PolicyError(UsageError):

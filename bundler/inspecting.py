@@ -45,6 +45,7 @@ def read_unverified(bundle: Path) -> tuple[Manifest, list[PresentSignature]]:
         except OSError as e:
             raise BundleError(f"cannot read bundle {bundle}: {e.strerror}") from e
     manifest = parse_manifest(outer.manifest)
+    outer.check_times(manifest.created)  # §2, as verify checks it (not trusted here)
     present = [PresentSignature(OUTER_SIGNATURE, manifest.signer)]
     present += [PresentSignature(cosignature_member(k), k) for k, _ in outer.cosignatures]
     beside = bundle.with_name(bundle.name + DETACHED_SUFFIX)

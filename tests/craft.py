@@ -139,9 +139,9 @@ def member(
     return header(name, declared, **fields) + data + padding(len(data))
 
 
-def members_of(files: Sequence[F]) -> list[bytes]:
+def members_of(files: Sequence[F], *, mtime: int = CREATED) -> list[bytes]:
     """One well-formed member per file, in the given order."""
-    return [member(f.path, f.data, mode=f.mode) for f in files]
+    return [member(f.path, f.data, mode=f.mode, mtime=mtime) for f in files]
 
 
 def pax(records: dict[str, str], *, typeflag: bytes = b"x", name: str = "././@PaxHeader") -> bytes:
@@ -245,9 +245,9 @@ def dumps(obj: Any) -> bytes:
 Outer = list[tuple[str, bytes]]
 
 
-def outer(members: Outer, *, end: bool = True) -> bytes:
+def outer(members: Outer, *, end: bool = True, mtime: int = CREATED) -> bytes:
     """The outer, uncompressed tar of (name, data) members, in the given order."""
-    return tar([member(name, data) for name, data in members], end=end)
+    return tar([member(name, data, mtime=mtime) for name, data in members], end=end)
 
 
 @dataclass(frozen=True)
@@ -289,8 +289,10 @@ def craft(
     (``edit_signature``, ``edit_payload``, ``edit_outer``, ``edit_bundle``) model tampering in
     transit. ``manifest_fields`` go to ``manifest_dict`` (name, version, expires, ...).
     """
+    # Every header's mtime is the manifest's created time (§2), as a writer must make it.
+    created = manifest_fields.get("created", CREATED)
     if payload_tar is None:
-        chosen = members_of(files) if payload_members is None else payload_members
+        chosen = members_of(files, mtime=created) if payload_members is None else payload_members
         payload_tar = tar(chosen, end=end)
     payload = compress(payload_tar)
     manifest = manifest_dict(files, payload, signer=key_id(key), **manifest_fields)
@@ -310,7 +312,7 @@ def craft(
     ]
     if edit_outer is not None:
         members = edit_outer(members)
-    bundle = outer(members, end=outer_end)
+    bundle = outer(members, end=outer_end, mtime=created)
     if edit_bundle is not None:
         bundle = edit_bundle(bundle)
     return Parts(payload_tar, payload, manifest, manifest_bytes, signature, bundle)
@@ -346,3 +348,23 @@ def raw_public_pem(raw: bytes) -> bytes:
     der = bytes.fromhex("302a300506032b6570032100") + raw
     b64 = base64.encodebytes(der).replace(b"\n", b"")
     return b"-----BEGIN PUBLIC KEY-----\n" + b64 + b"\n-----END PUBLIC KEY-----\n"
+
+
+# ---- header surgery -----------------------------------------------------------------------
+
+
+def patched(data: bytes, at: int, value: bytes, *, checksum: str = "unsigned") -> bytes:
+    """``data`` (a member: its header first) with ``value`` written at header offset ``at``.
+
+    The checksum is then recomputed as POSIX says (``"unsigned"``), as old tars did with
+    signed bytes (``"signed"``), or left as it was (``"keep"``).
+    """
+    block = bytearray(data)
+    block[at : at + len(value)] = value
+    if checksum != "keep":
+        block[148:156] = b" " * 8
+        total = sum(block[:BLOCK])
+        if checksum == "signed":
+            total -= 256 * sum(1 for b in block[:BLOCK] if b >= 0x80)
+        block[148:156] = b"%06o\x00 " % total
+    return bytes(block)

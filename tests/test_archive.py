@@ -93,9 +93,11 @@ def test_parse_header_refuses(block: bytes, error: type[Exception], text: str) -
         parse_header(block, 0)
 
 
-def test_parse_header_accepts_the_old_regular_file_type() -> None:
-    # Type '\0' means a regular file in pre-POSIX archives; it is the same thing.
-    assert parse_header(craft.header("app/a", 3, typeflag=b"\x00"), 0).size == 3
+def test_parse_header_refuses_the_old_regular_file_type() -> None:
+    # Type '\0' meant a regular file in pre-POSIX archives; §2 allows only '0' (see
+    # tests/test_strict_reader.py for the reader and CLI).
+    with pytest.raises(UnsafeMemberError, match="typeflag NUL"):
+        parse_header(craft.header("app/a", 3, typeflag=b"\x00"), 0)
 
 
 # ---- the tar writer ------------------------------------------------------------------------

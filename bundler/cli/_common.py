@@ -15,7 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from ..errors import BundleError, UsageError
+from ..errors import BundleError, UsageError, escape
 from ..formats.manifest import Manifest
 from ..progress import NullProgress, Progress
 from ..verify.policy import Verified
@@ -309,29 +309,36 @@ def _utc(epoch: int) -> str:
 
 
 def print_summary(info: dict[str, Any]) -> None:
-    click.echo(f"name:      {info['name']}")
-    click.echo(f"version:   {info['version']}")
+    """The manifest summary as text; every string from the bundle is escaped (``escape``),
+    so a crafted name, version or package cannot forge lines or terminal sequences."""
+    e = _shown
+    click.echo(f"name:      {e(info['name'])}")
+    click.echo(f"version:   {e(info['version'])}")
     click.echo(f"created:   {info['created_utc']}")
     if info["expires"] is not None:
         click.echo(f"expires:   {_utc(info['expires'])}")
-    click.echo(f"signer:    {info['signer']}")
+    click.echo(f"signer:    {e(info['signer'])}")
     t = info["target"]
     click.echo(
-        f"target:    {t['implementation']}{t['python']} {t['abi']} "
-        f"{', '.join(t['platforms'][:3])}{' ...' if len(t['platforms']) > 3 else ''}"
+        f"target:    {e(t['implementation'])}{e(t['python'])} {e(t['abi'])} "
+        f"{e(', '.join(t['platforms'][:3]))}{' ...' if len(t['platforms']) > 3 else ''}"
     )
-    click.echo(f"mode:      {info['mode']}  (entry script {info['entry_script']})")
+    click.echo(f"mode:      {info['mode']}  (entry script {e(info['entry_script'])})")
     if info["base_image"]:
         b = info["base_image"]
         carried = "carried in the bundle" if b["included"] else "not carried"
-        click.echo(f"base:      {b['ref']} {b['digest'] or '(not pinned)'} ({carried})")
+        click.echo(f"base:      {e(b['ref'])} {e(b['digest'] or '(not pinned)')} ({carried})")
     click.echo(
         f"files:     {info['file_count']}, {human(info['unpacked_size'])} unpacked, "
         f"{human(info['payload_size'])} compressed"
     )
     if info.get("smoke"):
         sm = info["smoke"]
-        click.echo(f"smoke:     {sm['method']} {sm['path']} -> expects {sm['status']}")
+        click.echo(f"smoke:     {e(sm['method'])} {e(sm['path'])} -> expects {sm['status']}")
     click.echo(f"packages:  {len(info['packages'])}")
     for p in info["packages"]:
-        click.echo(f"  {p}")
+        click.echo(f"  {e(p)}")
+
+
+def _shown(value: object) -> str:
+    return escape(str(value))

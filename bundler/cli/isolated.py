@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
+from ..errors import UsageError, escape
 from ..formats.manifest import Manifest
 from ..verify.unpack import unpack as unpack_bundle
 from ..verify.unpack import verify as verify_bundle
@@ -119,7 +119,7 @@ def serve_cmd(
         else:
             if result is not None:
                 click.echo(result.summary(), err=True)
-            click.echo(f"serving {dest} at {url}/score (Ctrl-C stops)", err=True)
+            click.echo(f"serving {escape(str(dest))} at {url}/score (Ctrl-C stops)", err=True)
 
     if metrics_port is not None and metrics_port == port:
         raise UsageError(
@@ -144,7 +144,8 @@ def serve_cmd(
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+# A folder, FIFO or device is refused by open_bundle, in one line (formats/source.py).
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True))
 @trust_or_policy_option
 @policy_option
 @signatures_option
@@ -190,16 +191,19 @@ def verify(
             }
         )
         return
+    # Name and version come from the bundle: escaped, so they cannot forge lines (JSON is
+    # safe as it is).
     click.echo(
-        f"OK: {m.name} {m.version}, {m.payload.file_count} files, signed by "
-        f"{m.signer[:16]}... ({verified.key.source})"
+        f"OK: {escape(m.name)} {escape(m.version)}, {m.payload.file_count} files, signed by "
+        f"{m.signer[:16]}... ({escape(str(verified.key.source))})"
     )
     for line in trust_lines(verified):
         click.echo(line)
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+# A folder, FIFO or device is refused by open_bundle, in one line (formats/source.py).
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True))
 @click.argument("dest", type=click.Path(path_type=Path))
 @trust_or_policy_option
 @policy_option
@@ -247,7 +251,7 @@ def unpack(
     def host_check(manifest: Manifest) -> None:
         warning = unpack_verdict(manifest, this_host())
         if warning:
-            click.echo(f"warning: {warning}", err=True)
+            click.echo(f"warning: {escape(warning)}", err=True)
 
     need_trust(trust, policy)
     verified = unpack_bundle(
@@ -264,6 +268,9 @@ def unpack(
     if as_json:
         emit_json({"ok": True, "dest": str(dest), **summary(m), **trust_report(verified)})
         return
-    click.echo(f"unpacked {m.name} {m.version} into {dest} ({m.payload.file_count} files)")
+    click.echo(
+        f"unpacked {escape(m.name)} {escape(m.version)} into {escape(str(dest))} "
+        f"({m.payload.file_count} files)"
+    )
     for line in trust_lines(verified):
         click.echo(line)

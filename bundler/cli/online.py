@@ -247,7 +247,8 @@ def pack(
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+# A folder, FIFO or device is refused by open_bundle, in one line (formats/source.py).
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True))
 @json_option
 @funnel
 def inspect(bundle: Path, as_json: bool) -> None:

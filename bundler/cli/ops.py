@@ -11,9 +11,10 @@ from typing import ParamSpec, TypeVar
 import click
 
 from ..deploy.smoke import SmokeResult
-from ..errors import EXIT_ERROR, EXIT_SMOKE, UsageError
+from ..errors import EXIT_ERROR, EXIT_SMOKE, UsageError, escape
 from ..formats.manifest import Manifest
 from ..formats.smoke import SmokeSpec
+from ..formats.source import read_regular
 from ._common import cli, emit_json, funnel, json_option
 
 P = ParamSpec("P")
@@ -75,10 +76,11 @@ def doctor_cmd(
         emit_json(report.to_json_dict())
     else:
         m = report.manifest
-        what = f"{m.name} {m.version}" if m else "unreadable"
-        click.echo(f"{report.kind} {report.subject} ({what})")
+        # Names, versions and details quote the bundle and DEST: escaped, one line each.
+        what = f"{escape(m.name)} {escape(m.version)}" if m else "unreadable"
+        click.echo(f"{report.kind} {escape(str(report.subject))} ({what})")
         for c in report.checks:
-            click.echo(f"  {_MARK[c.status]}  {c.name:<9} {c.detail}")
+            click.echo(f"  {_MARK[c.status]}  {c.name:<9} {escape(c.detail)}")
         fails = sum(c.status == "fail" for c in report.checks)
         click.echo("no problems found" if report.ok else f"{fails} check(s) failed")
     if not report.ok:
@@ -106,10 +108,15 @@ def smoke_extras(
     """The request headers and TLS context the CLI adds to the bundle's smoke request."""
     headers: dict[str, str] = {}
     if key_file is not None:
+        shown = escape(str(key_file))
         try:
-            key = key_file.read_text(encoding="utf-8").splitlines()[0].strip()
+            # A FIFO or device as the key file is refused at once, never read (it would hang).
+            data = read_regular(
+                key_file, lambda reason: UsageError(f"key file {shown} {reason}"), 64 * 1024
+            )
+            key = data.decode("utf-8").splitlines()[0].strip()
         except (OSError, UnicodeDecodeError, IndexError) as e:
-            raise UsageError(f"cannot read a key from {key_file}", remedy="one key per line") from e
+            raise UsageError(f"cannot read a key from {shown}", remedy="one key per line") from e
         headers["Authorization"] = f"Bearer {key}"
     context = ssl.create_default_context(cafile=str(cacert)) if cacert else None
     return headers, context

@@ -97,7 +97,9 @@ def diagnose(
     with ``trust`` the bundle is fully verified first, else its manifest is read unverified.
     """
     path = Path(os.path.abspath(path))
-    kind: Kind = "bundle" if path.is_file() else "dest"
+    # Anything that exists and is not a folder is a BUNDLE: a FIFO or device is then refused
+    # by open_bundle with its kind, rather than described as a DEST.
+    kind: Kind = "bundle" if path.exists() and not path.is_dir() else "dest"
     manifest_check, manifest, manifest_len = (
         _bundle_manifest(path, trust) if kind == "bundle" else _dest_manifest(path, trust)
     )

@@ -31,6 +31,7 @@ from typing import IO, Final
 
 from ..errors import LocalRunnerError
 from ..formats.manifest import Manifest
+from ..formats.source import open_regular, read_regular
 from ..interpreters import Interpreter, find_python, probe_interpreter
 from ..layout import (
     APP_DIR,
@@ -125,18 +126,22 @@ def _venv_digest(venv: Path) -> str | None:
             elif not stat.S_ISREG(st.st_mode):
                 return None
             elif path != venv / VENV_MARKER:
-                with path.open("rb") as f:
+                # open_regular: a file swapped for a FIFO after the lstat cannot block here.
+                with open_regular(path, lambda reason: LocalRunnerError(reason)) as f:
                     content = hashlib.file_digest(f, "sha256").hexdigest()
                 digest.update(b"file %s %s\0" % (rel, content.encode()))
-    except OSError:
+    except (OSError, LocalRunnerError):  # unreadable, or no longer a regular file
         return None
     return digest.hexdigest()
 
 
 def _venv_usable(venv: Path, want: dict[str, object]) -> bool:
     try:
-        have = json.loads((venv / VENV_MARKER).read_text())
-    except (OSError, ValueError):
+        # A FIFO planted as the marker must not hang `serve`: regular files only; anything
+        # else means the venv is made again.
+        marker = read_regular(venv / VENV_MARKER, lambda reason: LocalRunnerError(reason), 1 << 20)
+        have = json.loads(marker)
+    except (OSError, ValueError, LocalRunnerError):
         return False
     if not isinstance(have, dict):
         return False

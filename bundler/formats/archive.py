@@ -19,7 +19,7 @@ from typing import BinaryIO, Final, cast
 
 import zstandard
 
-from ..errors import IntegrityError, ResourceLimitError, UnsafeMemberError
+from ..errors import IntegrityError, ResourceLimitError, UnsafeMemberError, escape
 from ..layout import OUTER_COSIGNATURE_PREFIX, OUTER_MANIFEST, OUTER_PAYLOAD, OUTER_SIGNATURE
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -29,6 +29,9 @@ _MAGIC_USTAR: Final = b"ustar\x0000"
 _OCTAL_MAX: Final = 8**11  # 11 octal digits; larger sizes use GNU base-256, as GNU tar does
 # Revision 1.4 co-signature members: the prefix, then exactly a lowercase hex key id.
 _COSIGNATURE_RE: Final = re.compile(re.escape(OUTER_COSIGNATURE_PREFIX) + r"([0-9a-f]{64})")
+# The most bytes allowed after the outer archive's last member: the two-block end marker plus
+# record padding up to a 1 MiB record (`tar -b 2048`, far beyond GNU tar's 10 KiB default).
+MAX_TAIL: Final = (1 << 20) + 2 * BLOCK
 
 _TYPE_NAMES: Final = {
     b"1": "hard link",
@@ -113,56 +116,155 @@ def _padding(size: int) -> int:
 
 @dataclass(frozen=True)
 class Header:
-    """A parsed header of a regular file member."""
+    """A parsed header of a regular file member (every §2 rule but the mtime already held)."""
 
     name: str
     size: int
     mode: int
     offset: int  # of the header, within its stream
+    # Checked against the manifest's ``created`` by the caller, once the manifest is trusted
+    # (verify/policy.py): a header alone cannot know it.
+    mtime: int = 0
 
 
-def _parse_number(field: bytes, what: str, name: str) -> int:
-    if field[:1] == b"\x80":  # GNU base-256, positive only
-        return int.from_bytes(field[1:], "big")
-    text = field.split(b"\x00", 1)[0].strip(b" ")
-    if not text:
+# A numeric field (docs/format.md §2, "Header fields"): ASCII octal digits, leading zeros
+# allowed, then at least one terminator (NUL or space), then only NULs or spaces. No leading
+# space, sign or empty field (GNU, bsdtar and Python's tarfile all write this shape).
+_NUMBER: Final = re.compile(rb"([0-7]+)[\x00 ]+")
+_ALLOWED_MODES: Final = (0o644, 0o755)
+_ZERO_OWNERS: Final = _ZERO_ID * 2  # two numeric fields holding 0, as our writer spells them
+_CANON_MODES: Final = {b"%07o\x00" % m: m for m in _ALLOWED_MODES}
+
+
+def _text_field(field: bytes) -> tuple[bytes, bool]:
+    """The bytes before the first NUL, and whether everything after that NUL is NUL too."""
+    value, _, rest = field.partition(b"\x00")
+    return value, rest.count(0) == len(rest)
+
+
+def _parse_number(field: bytes, what: str, name: str, *, empty_ok: bool = False) -> int:
+    """An octal numeric field under the strict rule above.
+
+    Raises:
+        IntegrityError: it is not one (``empty_ok``: an all-NUL field means 0, as for the
+            device numbers our writer leaves empty).
+    """
+    if empty_ok and field.count(0) == len(field):
         return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise IntegrityError(f"malformed {what} field in tar header", member=name) from None
+    match = _NUMBER.fullmatch(field)
+    if match is None:
+        raise IntegrityError(
+            f"malformed {what} field in tar header ({field!r}): octal digits "
+            "ended by NUL or space are required",
+            member=name,
+        )
+    return int(match.group(1), 8)
+
+
+def _parse_size(field: bytes, name: str) -> int:
+    """Octal, or GNU base-256 (first byte 0x80, 88-bit big-endian) for 8 GiB and more only."""
+    if field[:1] == b"\x80":
+        size = int.from_bytes(field[1:], "big")
+        if size < _OCTAL_MAX:
+            # One encoding per value: a base-256 size an octal field could hold is not ours.
+            raise UnsafeMemberError(
+                f"size {size} in base-256; sizes under 8 GiB must be octal", member=name
+            )
+        return size
+    if field[:1] and field[0] & 0x80:
+        raise UnsafeMemberError(
+            "size field in a base-256 form other than GNU's positive one (0x80)", member=name
+        )
+    return _parse_number(field, "size", name)
 
 
 def parse_header(block: bytes, offset: int) -> Header:
-    """Parse and check one header block of untrusted input; regular files only.
+    """Parse and check one header block of untrusted input against every rule of §2 a single
+    header can be checked for; regular files only. The mtime is returned, not checked.
 
     Raises:
-        IntegrityError: bad checksum or malformed fields.
-        UnsafeMemberError: any member type other than a regular file, or special mode bits.
+        IntegrityError: bad checksum or a malformed field (encoding).
+        UnsafeMemberError: a member type other than a regular file, special or other mode
+            bits, owners, owner names, a link name, device numbers, a non-ustar magic, bytes
+            hidden after a field's terminator or in the header's unused tail.
     """
-    name_field = block[0:100].split(b"\x00", 1)[0]
-    prefix_field = block[345:500].split(b"\x00", 1)[0]
+    name_field, name_clean = _text_field(block[0:100])
+    prefix_field, prefix_clean = _text_field(block[345:500])
     raw_name = prefix_field + b"/" + name_field if prefix_field else name_field
     shown = raw_name.decode("utf-8", "replace")[:200] or "''"
-    stored = _parse_number(block[148:156], "checksum", shown)
-    computed = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
-    if stored != computed:
-        raise IntegrityError(f"tar header checksum mismatch at offset {offset}", member=shown)
+    # The checksum first: nothing else in a block that fails it is worth a word.
+    computed = sum(block) - sum(block[148:156]) + 8 * 0x20
+    stored = _NUMBER.fullmatch(block[148:156])
+    if stored is None or int(stored.group(1), 8) != computed:
+        detail = " (the field holds no octal number)" if stored is None else ""
+        if stored is not None:
+            signed = computed - 256 * sum(1 for b in block[:148] + block[156:] if b >= 0x80)
+            if int(stored.group(1), 8) == signed:
+                detail = " (a signed-byte sum, as some old tars wrote; POSIX sums unsigned bytes)"
+        raise IntegrityError(
+            f"tar header checksum mismatch at offset {offset}{detail}", member=shown
+        )
     kind = block[156:157]
-    if kind not in (b"0", b"\x00"):
+    if kind != b"0":
+        if kind == b"\x00":
+            raise UnsafeMemberError(
+                "old-style regular file (typeflag NUL); only typeflag '0' is allowed",
+                member=shown,
+            )
         what = _TYPE_NAMES.get(kind, f"unknown member type {kind!r}")
         raise UnsafeMemberError(f"{what} is not allowed; only regular files are", member=shown)
     if block[257:265] != _MAGIC_USTAR:
-        raise UnsafeMemberError("not a POSIX ustar header (GNU or old tar format)", member=shown)
-    mode = _parse_number(block[100:108], "mode", shown)
+        raise UnsafeMemberError(
+            "not a POSIX ustar header (GNU or old tar format): magic and version are "
+            f"{block[257:265]!r}, not b'ustar\\x0000'",
+            member=shown,
+        )
+    mode = _CANON_MODES.get(block[100:108]) or _parse_number(block[100:108], "mode", shown)
     if mode & 0o7000:
         raise UnsafeMemberError(f"mode {mode:o} has setuid, setgid or sticky bits", member=shown)
+    if mode not in _ALLOWED_MODES:
+        raise UnsafeMemberError(f"mode {mode:o} is not 644 or 755", member=shown)
     try:
         name = raw_name.decode("utf-8", errors="strict")
     except UnicodeDecodeError:
         raise UnsafeMemberError("name is not valid UTF-8", member=shown) from None
-    size = _parse_number(block[124:136], "size", shown)
-    return Header(name=name, size=size, mode=mode, offset=offset)
+    if not (name_clean and prefix_clean):
+        raise UnsafeMemberError(
+            "bytes after the NUL that ends the name or prefix field", member=shown
+        )
+    # Fast paths for the fields as our writer (and GNU tar) writes them; anything else is
+    # parsed under the full rule, to accept another writer's spelling or name the problem.
+    if block[108:124] != _ZERO_OWNERS:
+        uid = _parse_number(block[108:116], "uid", shown)
+        gid = _parse_number(block[116:124], "gid", shown)
+        if uid or gid:
+            raise UnsafeMemberError(f"owner uid {uid}, gid {gid}; both must be 0", member=shown)
+    if block[265:329].count(0) != 64:
+        uname, gname = block[265:297].rstrip(b"\x00"), block[297:329].rstrip(b"\x00")
+        raise UnsafeMemberError(
+            f"owner names {uname!r}, {gname!r}; uname and gname must be empty",
+            member=shown,
+        )
+    size = _parse_size(block[124:136], shown)
+    mtime = _parse_number(block[136:148], "mtime", shown)
+    if block[157:257].count(0) != 100:
+        link = block[157:257].rstrip(b"\x00")
+        raise UnsafeMemberError(
+            f"link name {link!r} on a regular file; it must be empty",
+            member=shown,
+        )
+    devices = block[329:345]
+    if devices.count(0) != 16 and devices != _ZERO_OWNERS:
+        major = _parse_number(block[329:337], "devmajor", shown, empty_ok=True)
+        minor = _parse_number(block[337:345], "devminor", shown, empty_ok=True)
+        if major or minor:
+            raise UnsafeMemberError(
+                f"device numbers {major},{minor} on a regular file; they must be 0 or empty",
+                member=shown,
+            )
+    if block[500:512].count(0) != 12:
+        raise UnsafeMemberError("non-zero bytes in the header's unused tail", member=shown)
+    return Header(name=name, size=size, mode=mode, offset=offset, mtime=mtime)
 
 
 # ---- writing ----------------------------------------------------------------------------
@@ -390,11 +492,24 @@ class OuterBundle:
     payload_size: int
     cosignatures: tuple[tuple[str, bytes], ...] = ()
     signed_end: int = 0
+    # (member name, header mtime) of the outer members, in order: §2 wants each to be the
+    # manifest's ``created``, which is only known once the manifest is read (check_times).
+    mtimes: tuple[tuple[str, int], ...] = ()
 
+    def check_times(self, created: int) -> None:
+        """Every outer header's mtime is the manifest's ``created`` (§2).
 
-def _escaped(text: str) -> str:
-    """An untrusted name made safe for a one-line message (no control characters)."""
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+        The outer headers are parsed before anything is trusted, so callers run this once
+        the manifest is parsed (after its signature verified, when verifying: §7 step 4).
+
+        Raises:
+            UnsafeMemberError: naming the first outer member whose mtime differs.
+        """
+        for name, mtime in self.mtimes:
+            if mtime != created:
+                raise UnsafeMemberError(
+                    f"mtime {mtime} is not the manifest's created time {created}", member=name
+                )
 
 
 def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
@@ -412,6 +527,7 @@ def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
     }
     found: dict[str, tuple[int, int]] = {}
     small: dict[str, bytes] = {}
+    mtimes: list[tuple[str, int]] = []
     f.seek(0, io.SEEK_END)
     total = f.tell()
     offset = 0
@@ -427,6 +543,7 @@ def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
                     f"outer members out of order: expected {want!r}", member=header.name
                 )
             raise IntegrityError("unexpected member in the outer archive", member=header.name)
+        mtimes.append((want, header.mtime))
         data_offset = offset + BLOCK
         if data_offset + header.size > total:
             raise IntegrityError("bundle is truncated inside this member", member=want)
@@ -437,14 +554,29 @@ def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
                 )
             small[want] = _read_exact(f, header.size)
         found[want] = (data_offset, header.size)
-        offset = data_offset + header.size + _padding(header.size)
+        # The padding up to the next block must be zeros, as in the payload (§2).
+        f.seek(data_offset + header.size)
+        pad = _padding(header.size)
+        padding = f.read(pad)
+        if len(padding) != pad:
+            raise IntegrityError("bundle is truncated inside this member's padding", member=want)
+        if padding.count(0) != pad:
+            raise IntegrityError("non-zero padding after member data", member=want)
+        offset = data_offset + header.size + pad
         f.seek(offset)
     signed_end = offset
-    cosignatures, offset = _read_cosignatures(f, offset, total, limits)
+    cosignatures, offset = _read_cosignatures(f, offset, total, limits, mtimes)
     # After the members: only zero blocks (the end marker, maybe record padding).
     tail_len = total - offset
     if tail_len < 2 * BLOCK:
         raise IntegrityError("end-of-archive marker missing", member="bundle")
+    if tail_len > MAX_TAIL:
+        # Record padding is at most one tar record; gigabytes of "padding" only cost time.
+        raise IntegrityError(
+            f"{tail_len} bytes after the last member, over the {MAX_TAIL} bytes an end "
+            "marker and record padding need",
+            member="bundle",
+        )
     remaining = tail_len
     while remaining:
         chunk = f.read(min(CHUNK, remaining))
@@ -453,6 +585,10 @@ def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
         if chunk.count(0) != len(chunk):
             raise IntegrityError("extra data after the last member", member="bundle")
         remaining -= len(chunk)
+    if tail_len % BLOCK:
+        raise IntegrityError(
+            "the end marker and padding are not whole 512-byte blocks", member="bundle"
+        )
     payload_offset, payload_size = found[OUTER_PAYLOAD]
     return OuterBundle(
         manifest=small[OUTER_MANIFEST],
@@ -461,11 +597,12 @@ def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
         payload_size=payload_size,
         cosignatures=cosignatures,
         signed_end=signed_end,
+        mtimes=tuple(mtimes),
     )
 
 
 def _read_cosignatures(
-    f: BinaryIO, offset: int, total: int, limits: Limits
+    f: BinaryIO, offset: int, total: int, limits: Limits, mtimes: list[tuple[str, int]]
 ) -> tuple[tuple[tuple[str, bytes], ...], int]:
     """The revision 1.4 co-signature members from ``offset`` up to the end marker.
 
@@ -485,7 +622,7 @@ def _read_cosignatures(
             # Anything but a co-signature after the signature: as before revision 1.4.
             raise IntegrityError("extra data after the last member", member="bundle")
         header = parse_header(block, offset)
-        shown = _escaped(header.name)
+        shown = escape(header.name)
         match = _COSIGNATURE_RE.fullmatch(header.name)
         if match is None:
             raise IntegrityError(
@@ -512,7 +649,11 @@ def _read_cosignatures(
         if offset + BLOCK + header.size > total:
             raise IntegrityError("bundle is truncated inside this member", member=shown)
         found.append((kid, _read_exact(f, header.size)))
-        offset += BLOCK + header.size + _padding(header.size)
+        mtimes.append((shown, header.mtime))  # §2: `created`, as the three members
+        pad = _padding(header.size)
+        if _read_exact(f, pad).count(0) != pad:
+            raise IntegrityError("non-zero padding after member data", member=shown)
+        offset += BLOCK + header.size + pad
         f.seek(offset)
     f.seek(offset)
     return tuple(found), offset

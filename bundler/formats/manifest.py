@@ -19,7 +19,13 @@ FORMAT: Final = "airgap-bundle/1"
 _SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 _KEY_ID_RE: Final = _SHA256_RE
 _DIGEST_RE: Final = re.compile(r"^sha256:[0-9a-f]{64}$")
-_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
+# What a path may not hold (docs/format.md §3): C0 controls, DEL, C1 controls (U+0080-U+009F),
+# the line and paragraph separators (U+2028, U+2029), and the bidirectional formatting
+# characters (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069), which can make a name
+# display as another ("Trojan Source"). Other format characters are escaped when shown.
+_CONTROL_RE: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 # Only the permission bits our packer writes; setuid/setgid/sticky and anything odd is refused.
 ALLOWED_MODES: Final = frozenset({0o644, 0o755})
 # ustar stores names in 100 + 155 bytes; we never emit GNU or pax long-name records.
@@ -258,8 +264,13 @@ def check_member_name(path: str, limits: Limits = DEFAULT_LIMITS) -> None:
     if not path:
         raise UnsafeMemberError("empty member name", member="''")
     shown = path if len(path) <= 200 else path[:200] + "..."
-    if _CONTROL_RE.search(path):
-        raise UnsafeMemberError("control character in name", member=repr(shown))
+    bad = _CONTROL_RE.search(path)
+    if bad:
+        # The name is shown escaped (BundleRejected), so the message stays one line.
+        what = "control" if unicodedata.category(bad.group()) == "Cc" else "bidi or line-break"
+        raise UnsafeMemberError(
+            f"{what} character in name (U+{ord(bad.group()):04X})", member=shown
+        )
     if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
         raise UnsafeMemberError("absolute path", member=shown)
     if "\\" in path:

@@ -13,7 +13,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..errors import KeyFileError, SignatureError, TrustError
+from ..errors import KeyFileError, SignatureError, TrustError, escape
+from .source import read_regular
 
 PRIVATE_KEY_NAME: Final = "airgap.key"
 PUBLIC_KEY_NAME: Final = "airgap.pub"
@@ -133,10 +134,13 @@ def load_private_key(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
     Raises:
         KeyFileError: unreadable, not Ed25519, encrypted without a passphrase, or wrong one.
     """
+    shown = escape(str(path))
     try:
-        data = path.read_bytes()
+        data = read_regular(
+            path, lambda reason: KeyFileError(f"signing key {shown} {reason}"), _MAX_KEY_FILE
+        )
     except OSError as e:
-        raise KeyFileError(f"cannot read signing key {path}: {e.strerror}") from e
+        raise KeyFileError(f"cannot read signing key {shown}: {e.strerror}") from e
     try:
         key = serialization.load_pem_private_key(data, password=passphrase)
     except TypeError as e:
@@ -159,9 +163,10 @@ def load_private_key(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
 def private_key_is_encrypted(path: Path) -> bool:
     """True when the PEM file is an encrypted PKCS#8 key (so the CLI should ask for it)."""
     try:
-        return b"ENCRYPTED PRIVATE KEY" in path.read_bytes()[:_MAX_KEY_FILE]
-    except OSError:
-        return False
+        data = read_regular(path, lambda reason: KeyFileError(reason), _MAX_KEY_FILE)
+    except (OSError, KeyFileError):
+        return False  # load_private_key then says what is wrong with the file
+    return b"ENCRYPTED PRIVATE KEY" in data
 
 
 def load_public_key_bytes(data: bytes, source: Path) -> TrustedKey:
@@ -206,13 +211,17 @@ def load_trusted_keys(paths: Sequence[Path]) -> list[TrustedKey]:
         )
     keys = []
     for f in files:
+        # A FIFO or a device given as --trust (or planted in a trusted folder) is refused at
+        # once: it must never block the reader or feed it without end.
+        def refuse(reason: str, f: Path = f) -> TrustError:
+            if reason.startswith("is larger"):
+                return TrustError("key file too large", member=str(f))
+            return TrustError(f"the key file {reason}", member=str(f))
+
         try:
-            with f.open("rb") as fh:
-                data = fh.read(_MAX_KEY_FILE + 1)
+            data = read_regular(f, refuse, _MAX_KEY_FILE)
         except OSError as e:
             raise TrustError(f"cannot read: {e.strerror}", member=str(f)) from e
-        if len(data) > _MAX_KEY_FILE:
-            raise TrustError("key file too large", member=str(f))
         keys.append(load_public_key_bytes(data, f))
     return keys
 
@@ -264,7 +273,7 @@ def verify_signature(
         claimed_signer = claimed_signer()
     if claimed_signer and claimed_signer not in known:
         raise SignatureError(
-            f"signed by key {claimed_signer[:16]}..., which is not trusted here",
+            f"signed by key {escape(claimed_signer[:16])}..., which is not trusted here",
             member="manifest.json.sig",
             remedy="pass --trust with the signer's public key",
         )

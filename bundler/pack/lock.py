@@ -16,7 +16,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from ..errors import LockError, ResolveError
+from ..errors import LockError, ResolveError, escape
+from ..formats.source import read_regular
 
 if TYPE_CHECKING:
     from ..target import Target
@@ -146,7 +147,11 @@ def parse_lock(path: Path) -> tuple[LockedRequirement, ...]:
             its line number.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        # A FIFO or device named as the lock is refused at once (read_regular).
+        raw = read_regular(
+            path, lambda reason: LockError(f"the lock {escape(str(path))} {reason}"), 64 << 20
+        )
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise LockError(
             f"cannot read the lock {path}: {e}", remedy="check the path in bundle.toml"

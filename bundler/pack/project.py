@@ -13,11 +13,12 @@ from typing import Any, Final, cast
 
 from packaging.version import InvalidVersion, Version
 
-from ..errors import ProjectError
+from ..errors import ProjectError, escape
 from ..formats.smoke import KEYS as SMOKE_KEYS
 from ..formats.smoke import MAX_BODY as SMOKE_MAX_BODY
 from ..formats.smoke import SmokeSpec
 from ..formats.smoke import validate as validate_smoke
+from ..formats.source import read_regular
 from ..layout import MODEL_DIR, PACKAGE_MODES, PackageMode
 from ..target import Target
 
@@ -139,7 +140,11 @@ def load_project(project_dir: Path) -> Project:
     """
     path = project_dir if project_dir.suffix == ".toml" else project_dir / PROJECT_FILE
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # A FIFO or device named as the project file is refused at once (read_regular).
+        raw = read_regular(
+            path, lambda reason: ProjectError(f"{escape(str(path))} {reason}"), 16 * 1024 * 1024
+        )
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError as e:
         raise ProjectError(
             f"{path} does not exist",

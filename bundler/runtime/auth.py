@@ -110,7 +110,9 @@ def read_key_file(path: str) -> tuple[tuple[str, ...], _Signature]:
         KeyFileError: see check_mode and parse_keys; or the file cannot be read.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)  # symlinks followed: Kubernetes secrets are links
+        # Symlinks followed: Kubernetes secrets are links. O_NONBLOCK: a FIFO given as the key
+        # file must not block the open; check_mode then refuses it (not a regular file).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise KeyFileError(f"{path}: cannot open the key file: {e.strerror}") from None
     try:

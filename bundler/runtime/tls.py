@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import ssl
+import stat
 from typing import TYPE_CHECKING
 
 from .config import ConfigError
@@ -30,6 +32,15 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     context.set_ciphers(TLS12_CIPHERS)
     context.set_alpn_protocols(["http/1.1"])
+    for path in (cert, key):
+        # OpenSSL opens the files itself, blocking: a FIFO or device named here would hang the
+        # server's start, so only regular files are handed over.
+        try:
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+        except OSError as e:
+            raise ConfigError(f"cannot read the TLS file {path}: {e.strerror}") from e
+        if not regular:
+            raise ConfigError(f"the TLS file {path} is not a regular file")
     try:
         context.load_cert_chain(str(cert), str(key), password=_no_password)
     except (OSError, ssl.SSLError, ValueError) as e:

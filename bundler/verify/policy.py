@@ -14,6 +14,7 @@ from ..errors import (
     RollbackError,
     SignatureError,
     UnsafeMemberError,
+    escape,
 )
 from ..formats.archive import Header
 from ..formats.cosign import Cosignature
@@ -150,8 +151,8 @@ def check_rollback(new: Manifest, installed: Manifest | None, *, allow_downgrade
         older = new.version != installed.version and new.created < installed.created
     if older:
         raise RollbackError(
-            f"bundle {new.name} {new.version} is older than {installed.name} "
-            f"{installed.version} already unpacked here",
+            f"bundle {escape(new.name)} {escape(new.version)} is older than "
+            f"{escape(installed.name)} {escape(installed.version)} already unpacked here",
             member="manifest.json",
             remedy="pass --allow-downgrade if the older version is intended",
         )
@@ -159,11 +160,21 @@ def check_rollback(new: Manifest, installed: Manifest | None, *, allow_downgrade
 
 @dataclass
 class MemberTracker:
-    """Matches payload members against the signed file list, one header at a time."""
+    """Matches payload members against the signed file list, one header at a time.
+
+    Members must come in the manifest's order (§4): each admitted member is the next listed
+    one, so a member the payload skipped is named as missing the moment a later one arrives.
+    """
 
     expected: Mapping[str, FileEntry]
+    created: int  # every header's mtime must be this (§2)
     limits: Limits = DEFAULT_LIMITS
     seen: set[str] = field(default_factory=set)
+    _order: list[str] = field(default_factory=list, init=False, repr=False)
+    _next: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._order = list(self.expected)  # a dict keeps the manifest's order
 
     def admit(self, header: Header) -> FileEntry:
         """The manifest entry for this member, if the member may be written at all.
@@ -187,7 +198,22 @@ class MemberTracker:
         # collide when case-folded; so a listed name can only be a repeat.
         if name in self.seen:
             raise UnsafeMemberError("duplicate member", member=name)
+        want = self._order[self._next]  # exists: a listed, unseen name remains
+        if name != want:
+            # A skipped or moved file: in a conforming payload the next member is the next
+            # listed file, so the stream never has to be searched or buffered.
+            raise IntegrityError(
+                f"out of order: the manifest lists {want!r} next (payload members come in the "
+                "manifest's order)",
+                member=name,
+            )
+        self._next += 1
         self.seen.add(name)
+        if header.mtime != self.created:
+            raise UnsafeMemberError(
+                f"mtime {header.mtime} is not the manifest's created time {self.created}",
+                member=name,
+            )
         if header.size != entry.size:
             raise IntegrityError(
                 f"size {header.size} differs from the manifest's {entry.size}",

@@ -10,11 +10,12 @@ import stat
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from ..errors import BundleError, TreeModifiedError
+from ..errors import BundleError, TreeModifiedError, escape
 from ..formats.cosign import Cosignature, parse_signature_file
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest
 from ..formats.signing import load_trusted_keys
+from ..formats.source import read_regular
 from ..layout import STATE_COSIGNATURES, STATE_DIR, STATE_MANIFEST, STATE_SIGNATURE, STATE_SIGNER
 from .policy import Verified, verify_manifest
 from .trustpolicy import load_policy
@@ -144,12 +145,20 @@ def stored_verified(
         SignatureError, TrustError and other BundleRejected: it does not verify (any more).
         PolicyError: the policy file cannot be used (exit 2).
     """
+    shown = escape(str(dest))
+
+    def refuse(reason: str) -> BundleError:
+        # A FIFO or device planted as a state file: refused at once, never read.
+        return BundleError(
+            f"{shown} holds a state file that {reason}", remedy="unpack the bundle again"
+        )
+
     try:
-        manifest_bytes = (dest / STATE_MANIFEST).read_bytes()
-        signature = (dest / STATE_SIGNATURE).read_bytes()
+        manifest_bytes = read_regular(dest / STATE_MANIFEST, refuse, limits.max_manifest_bytes)
+        signature = read_regular(dest / STATE_SIGNATURE, refuse, limits.max_signature_bytes)
     except OSError as e:
         raise BundleError(
-            f"{dest} has no unpacked bundle ({e.strerror}: {e.filename})",
+            f"{shown} has no unpacked bundle ({e.strerror}: {escape(str(e.filename))})",
             remedy="unpack one there first: airgap unpack BUNDLE DEST --trust KEY",
         ) from e
     cosignatures: tuple[Cosignature, ...] = ()

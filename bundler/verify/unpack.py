@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from ..errors import BundleError, IntegrityError
+from ..errors import BundleError, IntegrityError, escape
 from ..formats.archive import (
     OuterBundle,
     PayloadReader,
@@ -30,7 +30,7 @@ from ..formats.cosign import Cosignature, parse_signature_file, render_signature
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest, parse_manifest
 from ..formats.signing import load_trusted_keys, public_key_pem
-from ..formats.source import open_bundle
+from ..formats.source import open_bundle, read_regular
 from ..layout import (
     DETACHED_SUFFIX,
     OUTER_PAYLOAD,
@@ -134,6 +134,7 @@ def _open_checked(
         cosignatures=_cosignatures(outer, inputs.detached, limits),
         policy=policy,
     )
+    outer.check_times(verified.manifest.created)
     if after_manifest is not None:
         after_manifest(verified)
     info = verified.manifest.payload
@@ -159,7 +160,7 @@ def _members(
     member this checks that nothing is missing and the compressed bytes did not change.
     """
     manifest = opened.manifest
-    tracker = MemberTracker(expected=manifest.file_map(), limits=limits)
+    tracker = MemberTracker(expected=manifest.file_map(), created=manifest.created, limits=limits)
     limit = decompressed_limit(manifest.payload.unpacked_size, manifest.payload.file_count)
     reader = PayloadReader(f, opened.outer.payload_offset, opened.outer.payload_size, limit, limits)
     for header, chunks in reader.members():
@@ -234,19 +235,23 @@ def verify(
 def read_installed(dest: Path, limits: Limits = DEFAULT_LIMITS) -> Manifest | None:
     """The manifest of the bundle already unpacked at ``dest``, or None if there is none."""
     path = dest / STATE_MANIFEST
+    shown = escape(str(path))
+    remedy = f"remove {escape(str(dest))} if it is not needed, then unpack again"
     try:
-        data = path.read_bytes()
+        # A FIFO or device planted as the state file is refused, never read (it would hang).
+        data = read_regular(
+            path,
+            lambda reason: BundleError(f"{shown} {reason}", remedy=remedy),
+            limits.max_manifest_bytes,
+        )
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise BundleError(f"cannot read {path}: {e.strerror}") from e
+        raise BundleError(f"cannot read {shown}: {e.strerror}") from e
     try:
         return parse_manifest(data, limits)
     except BundleError as e:
-        raise BundleError(
-            f"{path} is not a valid manifest ({e.message})",
-            remedy=f"remove {dest} if it is not needed, then unpack again",
-        ) from e
+        raise BundleError(f"{shown} is not a valid manifest ({e.message})", remedy=remedy) from e
 
 
 @contextlib.contextmanager
