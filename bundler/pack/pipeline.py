@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
+
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from ..errors import ProjectError
 from ..formats import manifest as mf
@@ -29,6 +33,7 @@ from .assemble import BundleMeta, SourceFile, collect_tree, normal_mode, write_b
 from .checks import check_pack
 from .lock import for_target, parse_lock, render_lock
 from .project import Project, load_project
+from .sbom import SBOM_PATH, Distribution, Model, ModelFile, SbomInputs, build_sbom
 from .sitetree import build_site_tree, bytecode_interpreter, compile_bytecode
 from .wheels import PipDownloader, fetch_wheels
 
@@ -224,6 +229,11 @@ def pack(
         files.extend(_dockerfiles(project, base, created, has_prefix=has_prefix))
         if project.mode == "dynamic" or include_wheels:
             files.extend(_wheel_files(wheels, render_lock(reqs)))
+        trees = {
+            SITE_DIR: (work / "site", wheels),
+            RUNTIME_LIB: (work / "runtime-lib", runtime_wheels),
+        }
+        files.append(_sbom_file(project, created, base, files, trees, progress))
         meta = BundleMeta(
             name=project.name,
             version=project.version,
@@ -240,6 +250,57 @@ def pack(
         return write_bundle(
             out, files, meta, private_key, level=level, threads=threads, progress=progress
         )
+
+
+def _sbom_file(
+    project: Project,
+    created: int,
+    base: mf.BaseImage | None,
+    files: Sequence[SourceFile],
+    trees: Mapping[str, tuple[Path, Sequence[Path]]],
+    progress: Progress,
+) -> SourceFile:
+    """``sbom/bom.cdx.json`` from the built trees' METADATA files, the wheels' and the
+    models' hashes (the I/O edge of :func:`build_sbom`, which is pure)."""
+    progress.start("writing the SBOM")
+    dists: list[Distribution] = []
+    for location, (tree, tree_wheels) in trees.items():
+        by_name = {canonicalize_name(parse_wheel_filename(w.name)[0]): w for w in tree_wheels}
+        for meta in sorted(tree.glob("*.dist-info/METADATA")):
+            name = canonicalize_name(meta.parent.name.removesuffix(".dist-info").rsplit("-", 1)[0])
+            wheel = by_name[name]  # the installer made one .dist-info per wheel
+            with wheel.open("rb") as stream:
+                digest = _sha256_stream(stream)
+            dists.append(Distribution(meta.read_bytes(), location, wheel.name, digest))
+    models = []
+    for m in project.models:
+        found = [
+            f for f in files if f.path == m.payload_path or f.path.startswith(m.payload_path + "/")
+        ]
+        hashed = []
+        for f in found:
+            with f.open() as src:
+                hashed.append(ModelFile(f.path, _sha256_stream(src)))
+        models.append(Model(m.payload_path, tuple(hashed), m.name, m.version))
+    inputs = SbomInputs(
+        name=project.name,
+        version=project.version,
+        created=created,
+        tool_version=importlib.metadata.version("airgap-bundler"),
+        distributions=tuple(dists),
+        models=tuple(models),
+        base_image=base,
+    )
+    data = build_sbom(inputs)
+    progress.finish()
+    return SourceFile(SBOM_PATH, data, 0o644)
+
+
+def _sha256_stream(src: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := src.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _wheel_source(find_links: Sequence[Path]) -> PipDownloader | None:
