@@ -257,7 +257,7 @@ def _inputs(**changes: Any) -> SbomInputs:
                 "c" * 64,
             ),
             Distribution(
-                _metadata("beta", "2.0", "License: My Own Licence"),
+                _metadata("beta", "2.0", "License: My Own Licence © Jörg"),
                 "runtime/lib",
                 "beta-2.0-py3-none-any.whl",
                 "b" * 64,
@@ -283,7 +283,10 @@ def test_licences_from_expression_license_field_and_classifiers() -> None:
     assert libs[("Alpha_Pkg", "site-packages")]["purl"] == "pkg:pypi/alpha-pkg@1.0"
     assert libs[("beta", "site-packages")]["licenses"] == [{"license": {"id": "BSD-3-Clause"}}]
     assert libs[("gamma", "site-packages")]["licenses"] == [{"license": {"id": "MIT"}}]
-    assert libs[("beta", "runtime/lib")]["licenses"] == [{"license": {"name": "My Own Licence"}}]
+    # Non-ASCII metadata (UTF-8, as core metadata is) stays text.
+    assert libs[("beta", "runtime/lib")]["licenses"] == [
+        {"license": {"name": "My Own Licence © Jörg"}}
+    ]
     # The same distribution in two trees: two components, unique bom-refs.
     refs = [c["bom-ref"] for c in doc["components"]]
     assert len(refs) == len(set(refs))

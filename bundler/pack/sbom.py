@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import compat32
 from typing import Final
 
@@ -124,8 +124,9 @@ def _parse_metadata(data: bytes, wheel: str) -> _Meta:
         SiteTreeError: no Name or Version (the installer checked the wheel, so a tree with
             such a METADATA was not built by it).
     """
-    # compat32 keeps folded header lines as written; METADATA's body is the description.
-    msg = BytesHeaderParser(policy=compat32).parsebytes(data)
+    # Core metadata is UTF-8 (parsed as text, so a non-ASCII header stays a str); compat32
+    # keeps folded header lines as written; the body (the description) is not parsed.
+    msg = HeaderParser(policy=compat32).parsestr(data.decode("utf-8", errors="replace"))
     name, version = msg.get("Name"), msg.get("Version")
     if not name or not version:
         raise SiteTreeError(f"{wheel}: METADATA has no Name or Version", remedy="rebuild the wheel")
