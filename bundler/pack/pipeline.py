@@ -23,6 +23,7 @@ from ..layout import (
     RUNTIME_DIR,
     RUNTIME_LIB,
     RUNTIME_PACKAGE,
+    SBOM_FILE,
     SITE_DIR,
     WHEELS_DIR,
     WHEELS_REQUIREMENTS,
@@ -33,7 +34,6 @@ from .assemble import BundleMeta, SourceFile, collect_tree, normal_mode, write_b
 from .checks import check_pack
 from .lock import for_target, parse_lock, render_lock
 from .project import Project, load_project
-from .sbom import SBOM_PATH, Distribution, Model, ModelFile, SbomInputs, build_sbom
 from .sitetree import build_site_tree, bytecode_interpreter, compile_bytecode
 from .wheels import PipDownloader, fetch_wheels
 
@@ -262,6 +262,9 @@ def _sbom_file(
 ) -> SourceFile:
     """``sbom/bom.cdx.json`` from the built trees' METADATA files, the wheels' and the
     models' hashes (the I/O edge of :func:`build_sbom`, which is pure)."""
+    # Imported here: cyclonedx-python-lib takes longer to import than the rest of the CLI.
+    from .sbom import Distribution, Model, ModelFile, SbomInputs, build_sbom
+
     progress.start("writing the SBOM")
     dists: list[Distribution] = []
     for location, (tree, tree_wheels) in trees.items():
@@ -286,14 +289,21 @@ def _sbom_file(
         name=project.name,
         version=project.version,
         created=created,
-        tool_version=importlib.metadata.version("airgap-bundler"),
+        tool_version=_tool_version(),
         distributions=tuple(dists),
         models=tuple(models),
         base_image=base,
     )
     data = build_sbom(inputs)
     progress.finish()
-    return SourceFile(SBOM_PATH, data, 0o644)
+    return SourceFile(SBOM_FILE, data, 0o644)
+
+
+def _tool_version() -> str:
+    try:
+        return importlib.metadata.version("airgap-bundler")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "0+unknown"
 
 
 def _sha256_stream(src: BinaryIO) -> str:

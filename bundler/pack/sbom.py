@@ -34,10 +34,8 @@ from packaging.utils import canonicalize_name
 
 from ..errors import SiteTreeError
 from ..formats.manifest import BaseImage
-from ..layout import RUNTIME_LIB, SBOM_FILE, SITE_DIR
+from ..layout import RUNTIME_LIB, SITE_DIR
 
-SBOM_PATH: Final = SBOM_FILE
-SPEC_VERSION: Final = "1.6"
 # Namespace of the content-derived serial number (uuid5 of the BOM's own digest): any
 # fixed value works; this one is uuid5(NAMESPACE_URL, "airgap-bundler/sbom").
 _SERIAL_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "airgap-bundler/sbom")
