@@ -268,6 +268,17 @@ def _eocd_entries(data: bytes, entries: int) -> bytes:
     return data[: at + 8] + struct.pack("<HH", entries, entries) + data[at + 12 :]
 
 
+def _zip64_entries(data: bytes, entries: int) -> bytes:
+    """The zip with zip64 end records (as large zips have) claiming ``entries`` members."""
+    at = data.rfind(b"PK\x05\x06")
+    cd_size, cd_offset = struct.unpack_from("<LL", data, at + 12)
+    zip64 = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries,
+                        cd_size, cd_offset)  # fmt: skip
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, at, 1)
+    end = data[at : at + 8] + struct.pack("<HH", 0xFFFF, 0xFFFF) + data[at + 12 :]
+    return data[:at] + zip64 + locator + end
+
+
 def _small_zip(**members: bytes) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -303,6 +314,10 @@ HOSTILE = {
     ),
     "zip-bomb": (_bomb(), "BOMB-1.json: declares 5242880 bytes, over the member limit"),
     "huge-member-count": (
+        _zip64_entries(_small_zip(**{"A.json": GOOD}), 300_000),
+        "zip: declares 300000 members, over the limit of 200000",
+    ),
+    "broken-zip64": (
         _eocd_entries(_small_zip(**{"A.json": GOOD}), 0xFFFF),
         "zip64 end record is missing",
     ),
@@ -334,6 +349,28 @@ def test_a_hostile_database_is_one_clear_line_and_exit_6(iris: Path, case: str) 
 def test_a_missing_database_is_exit_6(iris: Path) -> None:
     proc = ok(airgap("audit", "dest", "--db", "nowhere.zip", cwd=iris), 6)
     assert proc.stderr.startswith("advisory database: cannot read nowhere.zip")
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_bundle_is_rejected_with_the_wrong_key_before_the_database_is_read(
+    iris: Path,
+) -> None:
+    ok(airgap("keygen", "--out", "other", "--no-passphrase", cwd=iris))
+    proc = airgap("audit", "iris.airgap", "--db", "no-such.zip", "--trust", "other/airgap.pub",
+                  cwd=iris)  # fmt: skip
+    ok(proc, 3)
+    assert proc.stderr.startswith("bundle rejected: signature: manifest.json.sig: signed by key")
+
+
+def test_a_bundle_without_an_sbom_is_an_error_not_a_clean_report(
+    make_bundle: Any, tmp_path: Path
+) -> None:
+    bundle = make_bundle("old.airgap")  # as written before format revision 1.3
+    osv_zip(tmp_path / "osv.zip", RECORDS)
+    proc = ok(airgap("audit", bundle, "--db", "osv.zip", cwd=tmp_path), 1)
+    assert "has no sbom/bom.cdx.json" in proc.stderr
+    assert proc.stdout == ""
 
 
 @pytest.mark.network
@@ -401,3 +438,17 @@ def test_member_count_and_lying_sizes_are_bounded() -> None:
         load_database(io.BytesIO(bytes(bomb)))
     db = load_database(io.BytesIO(_small_zip(**{"A.json": GOOD})))
     assert (db.records, sorted(db.by_name)) == (1, ["numpy"])
+    # The same zip behind zip64 end records, as a large export has, reads the same.
+    db = load_database(io.BytesIO(_zip64_entries(_small_zip(**{"A.json": GOOD}), 1)))
+    assert (db.records, sorted(db.by_name)) == (1, ["numpy"])
+
+
+def test_rfc3339_times_with_any_precision_date_the_snapshot() -> None:
+    recs = [
+        dict(RECORDS[0], id="A", modified="2026-11-20T12:00:00.123456789Z"),
+        dict(RECORDS[0], id="B", modified="2026-11-20T13:00:00+01:00"),  # 12:00Z, earlier
+        dict(RECORDS[0], id="C", modified="2026-11-19T23:59:59Z"),
+    ]
+    data = _small_zip(**{f"{r['id']}.json": json.dumps(r).encode() for r in recs})
+    db = load_database(io.BytesIO(data))
+    assert db.snapshot.isoformat() == "2026-11-20T12:00:00.123456+00:00"

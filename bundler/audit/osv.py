@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 import struct
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -231,11 +232,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_FRACTION: Final = re.compile(r"(\.\d{6})\d+")
+
+
 def _timestamp(value: Any, where: str, member: str) -> dt.datetime:
     if not isinstance(value, str):
         raise _bad(member, f"{where} is not an RFC 3339 string")
+    # RFC 3339 allows any number of fractional digits; Python 3.11 reads at most six.
+    text = _FRACTION.sub(r"\1", value.replace("Z", "+00:00").replace("z", "+00:00"))
     try:
-        stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        stamp = dt.datetime.fromisoformat(text)
     except ValueError:
         raise _bad(member, f"{where} {_shown(value)!s} is not an RFC 3339 time") from None
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
