@@ -69,7 +69,7 @@ def _print_table(report: AuditReport, max_age: str) -> None:
     src = report.source
     how = "verified" if src.verified else "NOT verified: pass --trust KEY"
     click.echo(
-        f"{src.manifest.name} {src.manifest.version} ({src.kind}, {how}): "
+        f"{_safe(src.manifest.name)} {_safe(src.manifest.version)} ({src.kind}, {how}): "
         f"{len(report.packages)} packages in its SBOM"
     )
     snap = report.snapshot.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
