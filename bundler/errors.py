@@ -8,6 +8,8 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_REJECTED = 3
 EXIT_SMOKE = 4  # the server runs, but its answer to the smoke test is wrong (or missing)
+EXIT_FINDINGS = 5  # `airgap audit`: a carried package matches a known advisory
+EXIT_DATABASE = 6  # `airgap audit`: the advisory snapshot is invalid (or stale, --fail-stale)
 
 
 def escape(text: str, *, keep_newlines: bool = False) -> str:
@@ -232,3 +234,18 @@ class SmokeTestError(BundleError):
 
     exit_code = EXIT_SMOKE
     prefix = "smoke test failed"
+
+
+class AdvisoryDatabaseError(BundleError):
+    """The advisory snapshot given to `airgap audit` cannot be used: unreadable, not a zip
+    of OSV JSON records, beyond a size or count limit, or (with --fail-stale) too old.
+    Exit 6, so automation can tell a bad database from findings (5)."""
+
+    exit_code = EXIT_DATABASE
+    prefix = "advisory database"
+
+
+class SbomError(BundleRejected):
+    """The bundle's signed SBOM (sbom/bom.cdx.json) is not a CycloneDX JSON document."""
+
+    check = "sbom"

@@ -19,8 +19,9 @@ DOCKER_DIR: Final = "docker"  # Dockerfile, Dockerfile.baked, optional base-imag
 # .data/scripts launchers), include/ (.data/headers), and .data/data files other than those
 # under lib/pythonX.Y/site-packages (which are purelib, so they go into site-packages/).
 PREFIX_DIR: Final = "prefix"
+SBOM_DIR: Final = "sbom"  # since format revision 1.3: bom.cdx.json, the CycloneDX SBOM
 PAYLOAD_ROOTS: Final = frozenset(
-    {APP_DIR, MODEL_DIR, SITE_DIR, WHEELS_DIR, RUNTIME_DIR, DOCKER_DIR, PREFIX_DIR}
+    {APP_DIR, MODEL_DIR, SITE_DIR, WHEELS_DIR, RUNTIME_DIR, DOCKER_DIR, PREFIX_DIR, SBOM_DIR}
 )
 
 WHEELS_REQUIREMENTS: Final = f"{WHEELS_DIR}/requirements.txt"
@@ -29,6 +30,7 @@ RUNTIME_LIB: Final = f"{RUNTIME_DIR}/lib"  # the runtime's own dependency tree (
 DOCKERFILE: Final = f"{DOCKER_DIR}/Dockerfile"
 DOCKERFILE_BAKED: Final = f"{DOCKER_DIR}/Dockerfile.baked"
 BASE_IMAGE_TAR: Final = f"{DOCKER_DIR}/base-image.tar"
+SBOM_FILE: Final = f"{SBOM_DIR}/bom.cdx.json"
 
 # Inside an unpacked DEST, beside the payload tree: the verified manifest and signature,
 # kept so `run`/`serve` can re-check the tree and `unpack` can refuse a rollback.

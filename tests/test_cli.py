@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from bundler.cli import cli, main
 
-COMMANDS = ["keygen", "pack", "inspect", "verify", "unpack"]
+COMMANDS = ["keygen", "pack", "inspect", "verify", "unpack", "audit"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

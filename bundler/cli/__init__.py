@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import EXIT_ERROR
-from . import docker, isolated, online, ops, trust  # noqa: F401 - importing them registers the commands
+from . import (  # noqa: F401 - importing them registers the commands
+    audit,
+    docker,
+    isolated,
+    online,
+    ops,
+    trust,
+)
 from ._common import cli
 
 __all__ = ["cli", "main"]

@@ -161,11 +161,12 @@ def cli() -> None:
 
     \b
     Online side:    keygen, lock, pack, inspect
-    Isolated side:  verify, unpack, serve (local), build / run / stop (Docker)
+    Isolated side:  verify, unpack, serve (local), build / run / stop (Docker), audit
     Either side:    sign (co-sign a bundle; verify --policy counts N of M keys)
 
     \b
-    Exit codes: 0 ok, 1 error, 2 usage, 3 bundle rejected.
+    Exit codes: 0 ok, 1 error, 2 usage, 3 bundle rejected, 4 smoke test failed,
+    5 audit findings, 6 advisory database invalid or stale.
     """
 
 

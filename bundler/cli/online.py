@@ -7,6 +7,8 @@ from typing import cast
 
 import click
 
+from ..errors import UsageError
+from ..formats.limits import DEFAULT_LIMITS
 from ..formats.signing import (
     PRIVATE_KEY_NAME,
     PUBLIC_KEY_NAME,
@@ -249,17 +251,54 @@ def pack(
 @cli.command()
 # A folder, FIFO or device is refused by open_bundle, in one line (formats/source.py).
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--sbom",
+    is_flag=True,
+    help="Print the bundle's CycloneDX SBOM (sbom/bom.cdx.json) instead, streamed out of "
+    "the payload and checked against the manifest's sha256 before it is printed.",
+)
+@click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    envvar="AIRGAP_TRUST",
+    help="With --sbom: verify the bundle's signature and payload with this trusted key "
+    "(file or folder, repeatable) before printing.",
+)
 @json_option
 @funnel
-def inspect(bundle: Path, as_json: bool) -> None:
+def inspect(bundle: Path, sbom: bool, trust: tuple[Path, ...], as_json: bool) -> None:
     """Show what a bundle holds, from its manifest alone (instant on any size).
 
     \b
     Example:
       airgap inspect iris.airgap
       airgap inspect iris.airgap --json | jq .packages
+      airgap inspect --sbom iris.airgap --trust keys/airgap.pub > bom.cdx.json
     The signature is NOT checked here: use `airgap verify` before trusting anything.
+    With --sbom the SBOM is printed exactly as signed; without --trust only its hash is
+    checked against the (unverified) manifest, and stderr says so.
     """
+    if trust and not sbom:
+        raise UsageError(
+            "--trust is only used with --sbom", remedy="use `airgap verify` to check a bundle"
+        )
+    if sbom:
+        from ..layout import SBOM_FILE
+        from ..verify.unpack import read_member
+
+        member = read_member(bundle, SBOM_FILE, trust, max_bytes=DEFAULT_LIMITS.max_sbom_bytes)
+        click.echo(member.data, nl=False)  # the exact bytes: `> bom.cdx.json` is the file
+        if member.verified:
+            click.echo(f"{SBOM_FILE}: verified (signed by {member.manifest.signer})", err=True)
+        else:
+            click.echo(
+                f"{SBOM_FILE}: matches the manifest, which is NOT verified: "
+                "pass --trust KEY to check the signature",
+                err=True,
+            )
+        return
     manifest, present = read_unverified(bundle)
     info = summary(manifest, bundle)
     info["ok"] = True

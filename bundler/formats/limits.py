@@ -30,6 +30,9 @@ class Limits:
     # zstd window: frames asking for a larger window are refused (bytes). 2**27 = 128 MiB,
     # the largest window zstd's own CLI decodes without --long or --memory.
     max_window_bytes: int = 1 << 27
+    # The SBOM (sbom/bom.cdx.json), read into memory by `inspect --sbom` and `audit` (bytes);
+    # far above any real one (the iris example's is ~30 KiB).
+    max_sbom_bytes: int = 64 * MiB
 
 
 DEFAULT_LIMITS = Limits()

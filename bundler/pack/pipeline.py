@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
+
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from ..errors import ProjectError
 from ..formats import manifest as mf
@@ -19,6 +23,7 @@ from ..layout import (
     RUNTIME_DIR,
     RUNTIME_LIB,
     RUNTIME_PACKAGE,
+    SBOM_FILE,
     SITE_DIR,
     WHEELS_DIR,
     WHEELS_REQUIREMENTS,
@@ -224,6 +229,11 @@ def pack(
         files.extend(_dockerfiles(project, base, created, has_prefix=has_prefix))
         if project.mode == "dynamic" or include_wheels:
             files.extend(_wheel_files(wheels, render_lock(reqs)))
+        trees = {
+            SITE_DIR: (work / "site", wheels),
+            RUNTIME_LIB: (work / "runtime-lib", runtime_wheels),
+        }
+        files.append(_sbom_file(project, created, base, files, trees, progress))
         meta = BundleMeta(
             name=project.name,
             version=project.version,
@@ -240,6 +250,67 @@ def pack(
         return write_bundle(
             out, files, meta, private_key, level=level, threads=threads, progress=progress
         )
+
+
+def _sbom_file(
+    project: Project,
+    created: int,
+    base: mf.BaseImage | None,
+    files: Sequence[SourceFile],
+    trees: Mapping[str, tuple[Path, Sequence[Path]]],
+    progress: Progress,
+) -> SourceFile:
+    """``sbom/bom.cdx.json`` from the built trees' METADATA files, the wheels' and the
+    models' hashes (the I/O edge of :func:`build_sbom`, which is pure)."""
+    # Imported here: cyclonedx-python-lib takes longer to import than the rest of the CLI.
+    from .sbom import Distribution, Model, ModelFile, SbomInputs, build_sbom
+
+    progress.start("writing the SBOM")
+    dists: list[Distribution] = []
+    for location, (tree, tree_wheels) in trees.items():
+        by_name = {canonicalize_name(parse_wheel_filename(w.name)[0]): w for w in tree_wheels}
+        for meta in sorted(tree.glob("*.dist-info/METADATA")):
+            name = canonicalize_name(meta.parent.name.removesuffix(".dist-info").rsplit("-", 1)[0])
+            wheel = by_name[name]  # the installer made one .dist-info per wheel
+            with wheel.open("rb") as stream:
+                digest = _sha256_stream(stream)
+            dists.append(Distribution(meta.read_bytes(), location, wheel.name, digest))
+    models = []
+    for m in project.models:
+        found = [
+            f for f in files if f.path == m.payload_path or f.path.startswith(m.payload_path + "/")
+        ]
+        hashed = []
+        for f in found:
+            with f.open() as src:
+                hashed.append(ModelFile(f.path, _sha256_stream(src)))
+        models.append(Model(m.payload_path, tuple(hashed), m.name, m.version))
+    inputs = SbomInputs(
+        name=project.name,
+        version=project.version,
+        created=created,
+        tool_version=_tool_version(),
+        distributions=tuple(dists),
+        models=tuple(models),
+        base_image=base,
+    )
+    data = build_sbom(inputs)
+    progress.finish()
+    return SourceFile(SBOM_FILE, data, 0o644)
+
+
+def _tool_version() -> str:
+    try:
+        return importlib.metadata.version("airgap-bundler")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "0+unknown"
+
+
+def _sha256_stream(src: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := src.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _wheel_source(find_links: Sequence[Path]) -> PipDownloader | None:

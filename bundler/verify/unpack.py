@@ -12,13 +12,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, cast
 
-from ..errors import BundleError, IntegrityError, escape
+from ..errors import BundleError, IntegrityError, ResourceLimitError, escape
 from ..formats.archive import (
+    Header,
     OuterBundle,
     PayloadReader,
     cosignature_member,
@@ -137,7 +138,13 @@ def _open_checked(
     outer.check_times(verified.manifest.created)
     if after_manifest is not None:
         after_manifest(verified)
-    info = verified.manifest.payload
+    _check_payload(f, outer, verified.manifest, progress)
+    return Opened(verified=verified, outer=outer)
+
+
+def _check_payload(f: BinaryIO, outer: OuterBundle, manifest: Manifest, progress: Progress) -> None:
+    """The payload's size and sha256 against the manifest, before decompressing a byte."""
+    info = manifest.payload
     if outer.payload_size != info.size:
         raise IntegrityError(
             f"payload is {outer.payload_size} bytes, the manifest says {info.size} "
@@ -148,7 +155,6 @@ def _open_checked(
     if hash_region(f, outer.payload_offset, outer.payload_size) != info.sha256:
         raise IntegrityError("sha256 differs from the signed manifest", member=OUTER_PAYLOAD)
     progress.finish()
-    return Opened(verified=verified, outer=outer)
 
 
 def _members(
@@ -227,6 +233,79 @@ def verify(
             MemberTracker.check_content(entry, digest.hexdigest())
         progress.finish()
         return opened.verified
+
+
+@dataclass(frozen=True)
+class Member:
+    """One payload member read from a bundle, hashed against its manifest entry."""
+
+    manifest: Manifest
+    data: bytes
+    verified: bool  # the manifest's signature verified with a trusted key
+
+
+def read_member(
+    bundle: Path,
+    path: str,
+    trust: Sequence[Path] = (),
+    *,
+    max_bytes: int,
+    now: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Member:
+    """The bytes of payload member ``path``, streamed out of the bundle; writes nothing.
+
+    With ``trust``: every check `verify` makes before decompression (signature, manifest,
+    expiry, payload sha256). Without: the manifest is parsed strictly but its signature is
+    NOT checked (``verified`` is False), and the payload's sha256 is still compared with it
+    before decompressing. Either way the members before ``path`` are admitted against the
+    manifest's rules as `verify` admits them, and the member's bytes must match its listed
+    sha256 before they are returned. Decompression stops at the member.
+
+    Raises:
+        BundleError: the manifest lists no such member (e.g. a bundle from before the member
+            existed); ResourceLimitError: it is larger than ``max_bytes``; BundleRejected
+            subclasses (exit 3) for every failed check.
+    """
+    with open_bundle(bundle) as f:
+        if trust:
+            inputs = TrustInputs(trust=tuple(trust), detached=read_detached(bundle, None, limits))
+            opened = _open_checked(f, inputs, _now(now), limits, NullProgress())
+            manifest, outer = opened.manifest, opened.outer
+        else:
+            outer = read_outer(f, limits)
+            manifest = parse_manifest(outer.manifest, limits)
+            outer.check_times(manifest.created)
+            _check_payload(f, outer, manifest, NullProgress())
+        entries = manifest.file_map()
+        if path not in entries:
+            raise BundleError(
+                f"bundle {bundle} has no {path} (packed before it was added to the format)",
+                remedy="pack it again with this version of airgap",
+            )
+        if entries[path].size > max_bytes:
+            raise ResourceLimitError(
+                f"{entries[path].size} bytes, over the limit of {max_bytes}", member=path
+            )
+        tracker = MemberTracker(expected=entries, created=manifest.created, limits=limits)
+        limit = decompressed_limit(manifest.payload.unpacked_size, manifest.payload.file_count)
+        reader = PayloadReader(f, outer.payload_offset, outer.payload_size, limit, limits)
+        # A generator: closed explicitly below, which stops the decompressing thread.
+        members = cast("Generator[tuple[Header, Iterator[bytes]], None, None]", reader.members())
+        try:
+            for header, chunks in members:
+                entry = tracker.admit(header)
+                if entry.path != path:
+                    for _chunk in chunks:
+                        pass
+                    continue
+                data = b"".join(chunks)
+                MemberTracker.check_content(entry, hashlib.sha256(data).hexdigest())
+                return Member(manifest=manifest, data=data, verified=bool(trust))
+        finally:
+            members.close()
+        tracker.finish()  # unreachable for a listed member: names the one that is missing
+        raise IntegrityError("listed in the manifest but missing", member=path)
 
 
 # ---- unpacking --------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""`airgap audit`: the bundle's SBOM against an offline OSV advisory snapshot."""
