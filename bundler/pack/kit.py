@@ -688,7 +688,7 @@ def _resolve(
         try:
             resolver.download(wanted, target, downloaded)
         except DownloadError as e:
-            raise _no_wheel_error(target, roots, e) from e
+            raise _no_wheel_error(target, wanted, resolver, work, e) from e
         infos: dict[NormalizedName, WheelInfo] = {}
         files: dict[NormalizedName, Path] = {}
         for path in sorted(downloaded.glob("*.whl")):
@@ -717,17 +717,42 @@ def _plain(req: Requirement) -> str:
 
 
 def _no_wheel_error(
-    target: Target, roots: Sequence[Requirement], e: DownloadError
+    target: Target,
+    wanted: Sequence[str],
+    resolver: TargetResolver,
+    work: Path,
+    first: DownloadError,
 ) -> DownloadError:
+    """One error naming every requirement that has no wheel for ``target``.
+
+    pip stops at the first; each requirement is tried again on its own (with its
+    dependencies) so the user sees all of them at once.
+    """
+    failures: list[str] = []
+    for i, req in enumerate(wanted):
+        alone = work / f"probe-{i}"
+        alone.mkdir()
+        try:
+            resolver.download([req], target, alone)
+        except DownloadError as e:
+            deeper = [n for n in _NO_MATCH_RE.findall(e.message) if n != req]
+            why = f"its dependency {', '.join(deeper)} has none" if deeper else "no version has one"
+            failures.append(f"{req} ({why})")
+        finally:
+            shutil.rmtree(alone, ignore_errors=True)
+    detail = "; ".join(failures) if failures else first.message
     return DownloadError(
-        f"no wheel for target {target.describe()}: {e.message}",
+        f"no wheel for target {target.describe()}: {detail}",
         remedy=(
-            "a dependency of airgap-bundler publishes no wheel for this Python and platform "
-            "(for example cryptography needs glibc >= 2.17, i.e. manylinux2014); choose a newer "
-            "--platform (manylinux2014_x86_64, manylinux_2_28_aarch64) or another --python"
-            f" ({len(roots)} requirements: {', '.join(str(r) for r in roots)})"
+            "these dependencies of airgap-bundler publish no wheel for this Python and platform "
+            "(compiled ones such as cryptography and zstandard start at glibc 2.17, "
+            "manylinux2014); choose a newer --platform (e.g. manylinux2014_x86_64 or "
+            "manylinux_2_28_aarch64) or another --python"
         ),
     )
+
+
+_NO_MATCH_RE: Final = re.compile(r"No matching distribution found for ([^\s|]+)")
 
 
 def _fetch(
