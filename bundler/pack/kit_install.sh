@@ -58,10 +58,11 @@ if [ -n "$trust" ]; then
     case $trust in /*) ;; *) trust="$(pwd -P)/$trust" ;; esac
 fi
 if [ -z "$python" ]; then
-    if command -v "python$KIT_PYTHON" >/dev/null 2>&1; then python="python$KIT_PYTHON"
+    # Run it, not only look it up: a version manager's shim may exist and refuse to run.
+    if "python$KIT_PYTHON" -c '' >/dev/null 2>&1; then python="python$KIT_PYTHON"
     else python=python3; fi
 fi
-command -v "$python" >/dev/null 2>&1 || fail "no $python here; pass --python PATH"
+"$python" -c '' >/dev/null 2>&1 || fail "cannot run $python; pass --python PATH"
 # Nothing from the environment may steer the interpreter or pip.
 unset PYTHONPATH PYTHONHOME PYTHONSTARTUP PYTHONUSERBASE PYTHONSAFEPATH
 PIP_CONFIG_FILE=/dev/null
