@@ -242,6 +242,45 @@ def test_same_inputs_give_a_byte_identical_kit(host_kit: Kit, work: Path) -> Non
     assert {m.name for m in members} >= {"airgap-kit/install.sh", "airgap-kit/kit.json.sig"}
 
 
+@pytest.mark.network
+@pytest.mark.slow
+def test_an_earlier_kits_lock_gives_the_same_kit_again(host_kit: Kit, work: Path) -> None:
+    again = _airgap_kit(
+        work,
+        "host-from-lock.tar",
+        "--python",
+        HOST.python,
+        "--platform",
+        HOST.platforms[0],
+        "--lock",
+        str(host_kit.root / "requirements.lock"),
+    )
+    assert json.loads(again.stdout)["sha256"] == host_kit.info["sha256"]
+    assert (work / "host-from-lock.tar").read_bytes() == host_kit.tar.read_bytes()
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_lock_without_a_needed_pin_is_refused_naming_it(host_kit: Kit, work: Path) -> None:
+    lines = (host_kit.root / "requirements.lock").read_text().splitlines()
+    short = work / "short.lock"
+    short.write_text("".join(ln + "\n" for ln in lines if not ln.startswith("click==")))
+    proc = _airgap_kit(
+        work,
+        "short.tar",
+        "--python",
+        HOST.python,
+        "--platform",
+        HOST.platforms[0],
+        "--lock",
+        str(short),
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "lacks pins that target" in proc.stderr and "click>=" in proc.stderr
+    assert not (work / "short.tar").exists()
+
+
 # ---- tampering ------------------------------------------------------------------------------
 
 

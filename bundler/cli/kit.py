@@ -62,6 +62,12 @@ from ._common import (
     type=click.Path(path_type=Path, file_okay=False),
     help="Wheel cache (default: $AIRGAP_CACHE_DIR/wheels or ~/.cache/airgap-bundler/wheels).",
 )
+@click.option(
+    "--lock",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Take the dependencies' pins and hashes from this lock (e.g. an earlier kit's "
+    "requirements.lock) instead of resolving: the same wheels again, from the cache.",
+)
 @quiet_option
 @json_option
 @funnel
@@ -73,6 +79,7 @@ def kit(
     passphrase_env: str | None,
     source: Path | None,
     cache_dir: Path | None,
+    lock: Path | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -83,6 +90,7 @@ def kit(
       airgap kit -o airgap-kit.tar --key keys/airgap.key          # for this host
       airgap kit --python 3.11 --platform manylinux2014_x86_64 -o airgap-kit.tar --key k.key
       airgap kit --python 3.12 --platform manylinux_2_28_aarch64 -o kit-arm.tar --key k.key
+      airgap kit ... --lock airgap-kit/requirements.lock     # the same pins as an earlier kit
     Then, on the isolated host:
       tar -xf airgap-kit.tar && sh airgap-kit/install.sh --trust airgap.pub --bin-dir ~/.local/bin
     The kit holds airgap-bundler's wheel (built from the checkout, reproducibly) and its
@@ -109,6 +117,7 @@ def kit(
         created=source_date_epoch(),
         source=source,
         cache_dir=cache_dir,
+        lock=lock,
         progress=progress(quiet or as_json),
     )
     if as_json:

@@ -55,7 +55,7 @@ from ..formats.signing import key_id, load_private_key, sign
 from ..progress import NullProgress, Progress
 from ..target import Target
 from .assemble import _atomic_output
-from .lock import LockedRequirement, render_lock
+from .lock import LockedRequirement, for_target, parse_lock, render_lock
 from .wheels import LocalWheelSource, fetch_wheels, sha256_file
 
 KIT_FORMAT: Final = "airgap-kit/1"
@@ -544,6 +544,7 @@ def build_kit(
     created: int,
     source: Path | None = None,
     cache_dir: Path | None = None,
+    lock: Path | None = None,
     progress: Progress | None = None,
     builder: ProjectWheelBuilder | None = None,
     resolver: TargetResolver | None = None,
@@ -557,7 +558,9 @@ def build_kit(
 
     Raises:
         KitError: no checkout, a wheel build that is not reproducible, an unusable wheel.
-        DownloadError: a dependency has no wheel for the target (each one named).
+        DownloadError: a dependency has no wheel for the target (each one named), or
+            ``lock`` lacks a pin the target needs.
+        LockError: ``lock`` is not fully pinned and hashed.
         KeyFileError: the signing key cannot be loaded.
     """
     progress = progress or NullProgress()
@@ -574,8 +577,11 @@ def build_kit(
         work = Path(tmp)
         project = _build_reproducibly(builder, source, work, created, progress)
         project_info = read_wheel_info(project)
-        deps = _resolve(project_info, target, work, resolver, progress)
-        fetched = _fetch(deps, target, cache_dir, progress, work)
+        if lock is None:
+            deps = _resolve(project_info, target, work, resolver, progress)
+            fetched = _fetch(deps, target, cache_dir, progress, work)
+        else:
+            fetched = _from_lock(lock, project_info, target, cache_dir, progress)
         project_wheel = KitWheel(
             project_info.name,
             project_info.version,
@@ -589,7 +595,7 @@ def build_kit(
         if pip is None:
             raise KitError("pip's wheel is missing from the resolved set")
         libc = kit_libc_floor((w.path.name for w in wheels), target)
-        lock = render_lock(
+        pins = render_lock(
             LockedRequirement(w.name, w.version, frozenset({w.sha256})) for w in wheels
         ).encode()
         installer = render_installer(
@@ -597,7 +603,7 @@ def build_kit(
         )
         small: dict[str, tuple[bytes, int]] = {
             INSTALLER: (installer, 0o755),
-            LOCK_NAME: (lock, 0o644),
+            LOCK_NAME: (pins, 0o644),
         }
         listed = [
             KitFile(p, m, len(b), hashlib.sha256(b).hexdigest()) for p, (b, m) in small.items()
@@ -679,7 +685,7 @@ def _resolve(
 ) -> dict[NormalizedName, Path]:
     """The dependency wheels for ``target``: pip's resolution, closed under the target's
     markers. pip is always one of them (the installer runs it from its wheel)."""
-    roots = [*requirements_of(project.requires_dist, (), target), Requirement("pip")]
+    roots = _roots(project, target)
     progress.start(f"resolving dependencies for {target.describe()}", total=None)
     downloaded = work / "resolved"
     downloaded.mkdir()
@@ -708,6 +714,46 @@ def _resolve(
         + ", ".join(str(r) for r in missing),
         remedy="pin the missing requirements in pyproject.toml or report the loop",
     )
+
+
+def _roots(project: WheelInfo, target: Target) -> list[Requirement]:
+    return [*requirements_of(project.requires_dist, (), target), Requirement("pip")]
+
+
+def _from_lock(
+    lock: Path,
+    project: WheelInfo,
+    target: Target,
+    cache_dir: Path | None,
+    progress: Progress,
+) -> list[KitWheel]:
+    """The dependency wheels pinned by ``lock`` (e.g. an earlier kit's requirements.lock):
+    fetched like ``airgap pack`` fetches a lock (cache first, hash-checked), then checked to
+    close under the target's markers. A pin of airgap-bundler itself is ignored: its wheel is
+    the one just built from the sources."""
+    reqs = [r for r in parse_lock(lock) if r.name != PROJECT]
+    wanted = for_target(reqs, target)
+    paths = fetch_wheels(wanted, target, cache_dir, progress)
+    infos = {info.name: info for info in (read_wheel_info(p) for p in paths)}
+    needed, missing = closure(_roots(project, target), infos, target)
+    if missing:
+        raise DownloadError(
+            f"{lock} lacks pins that target {target.describe()} needs: "
+            + ", ".join(str(r) for r in missing),
+            remedy="make the kit without --lock to resolve afresh, or add the pins with hashes",
+        )
+    return [
+        KitWheel(
+            req.name,
+            req.version,
+            path,
+            sha256_file(path),
+            path.stat().st_size,
+            kit_file_name(path.name, target),
+        )
+        for req, path in zip(wanted, paths, strict=True)
+        if req.name in needed
+    ]
 
 
 def _plain(req: Requirement) -> str:
