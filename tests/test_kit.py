@@ -332,6 +332,21 @@ def test_a_tampered_wheel_is_caught_by_install_sh(host_kit: Kit, tmp_path: Path)
 
 @pytest.mark.network
 @pytest.mark.slow
+def test_a_crafted_file_name_is_reported_escaped_on_one_line(host_kit: Kit, tmp_path: Path) -> None:
+    kit = _copy(host_kit, tmp_path / "kit")
+    with (kit / "SHA256SUMS").open("a") as f:
+        f.write(f"{'0' * 64}  wheels/\x1b[2J\x1b]0;owned\x07x.whl\n")
+    proc = _install(kit, tmp_path / "venv")
+    assert proc.returncode == 3
+    rejected = [ln for ln in proc.stderr.splitlines() if "kit rejected" in ln]
+    assert len(rejected) == 1 and rejected[0].startswith("install.sh: kit rejected: integrity:")
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+    assert "?[2J" in rejected[0]
+    assert not (tmp_path / "venv").exists()
+
+
+@pytest.mark.network
+@pytest.mark.slow
 def test_a_wheel_swapped_with_its_sums_is_caught_by_the_signed_manifest(
     host_kit: Kit, work: Path, tmp_path: Path
 ) -> None:

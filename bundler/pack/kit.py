@@ -328,7 +328,7 @@ def target_arch(target: Target) -> str:
 def render_installer(
     *, target: Target, tool_version: str, pip_wheel: str, libc: LibcFloor | None
 ) -> bytes:
-    """``install.sh``: the values of this kit put into the fixed template below."""
+    """``install.sh``: this kit's values put into the template ``kit_install.sh``."""
     values = {
         "@TOOL_VERSION@": tool_version,
         "@PYTHON@": target.python,

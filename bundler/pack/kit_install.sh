@@ -33,6 +33,9 @@ EOF
 
 fail() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 reject() { printf 'install.sh: kit rejected: %s\n' "$*" >&2; exit 3; }
+# A tool's complaint as one printable line: file names in a crafted kit may hold control
+# characters (terminal escapes), so everything but printable bytes becomes '?'.
+oneline() { grep -v '^sha256sum: WARNING' | head -n 3 | tr '\n' ' ' | tr -c '[:print:]' '?'; }
 
 trust='' venv='' bindir='' python=''
 while [ $# -gt 0 ]; do
@@ -74,7 +77,7 @@ cd "$here"
 command -v sha256sum >/dev/null 2>&1 || fail "sha256sum is needed (coreutils)"
 [ -f SHA256SUMS ] || reject "integrity: SHA256SUMS: missing"
 if ! sums_out=$(sha256sum -c --strict --quiet SHA256SUMS 2>&1); then
-    reject "integrity: $(printf '%s' "$sums_out" | grep -v '^sha256sum: WARNING' | head -n 3 | tr '\n' ' ')(sha256sum -c SHA256SUMS); get the kit again from its publisher"
+    reject "integrity: $(printf '%s\n' "$sums_out" | oneline)(sha256sum -c SHA256SUMS); get the kit again from its publisher"
 fi
 
 # 2. With --trust: the signed list (kit.json) is the authority, SHA256SUMS must be exactly it.
@@ -94,10 +97,10 @@ for f in m["files"]:
     assert not p.startswith("/") and ".." not in p.split("/") and "\n" not in p, p
     print(f["sha256"] + "  " + p)
 ' 2>&1); then
-        reject "manifest: kit.json: $listed"
+        reject "manifest: kit.json: $(printf '%s\n' "$listed" | tail -n 1 | oneline)"
     fi
     if ! check_out=$(printf '%s\n' "$listed" | sha256sum -c --strict --quiet - 2>&1); then
-        reject "integrity: $(printf '%s' "$check_out" | grep -v '^sha256sum: WARNING' | head -n 3 | tr '\n' ' ')(against the signed kit.json)"
+        reject "integrity: $(printf '%s\n' "$check_out" | oneline)(against the signed kit.json)"
     fi
     echo "kit signature verified with $trust"
 else
@@ -127,7 +130,7 @@ if problems:
     sys.exit(1)
 PYEOF
 ); then
-    fail "host check: $host_out; make a kit for this host on the online side (airgap kit --python X.Y --platform TAG)"
+    fail "host check: $(printf '%s\n' "$host_out" | tail -n 1 | oneline); make a kit for this host on the online side (airgap kit --python X.Y --platform TAG)"
 fi
 
 # 4. A fresh virtualenv, removed again if anything below fails.
