@@ -229,6 +229,29 @@ def test_host_kit_lists_every_file_and_the_json_matches(host_kit: Kit) -> None:
 
 @pytest.mark.network
 @pytest.mark.slow
+def test_a_dependency_added_to_pyproject_is_in_the_kit(work: Path) -> None:
+    # As when another dependency lands in pyproject.toml: nothing in the kit code names them.
+    source = work / "source-with-six"
+    shutil.copytree(
+        ROOT / "bundler", source / "bundler", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(ROOT / "README.md", source / "README.md")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '  "packaging>=24",\n' in pyproject
+    (source / "pyproject.toml").write_text(
+        pyproject.replace('  "packaging>=24",\n', '  "packaging>=24",\n  "six>=1.16",\n', 1)
+    )
+    proc = _airgap_kit(work, "six.tar", "--source", str(source))
+    names = {w["name"] for w in json.loads(proc.stdout)["wheels"]}
+    assert "six" in names and "airgap-bundler" in names
+    kit = _extract(work / "six.tar", work / "six.d")
+    assert any(
+        ln.startswith("six==") for ln in (kit / "requirements.lock").read_text().splitlines()
+    )
+
+
+@pytest.mark.network
+@pytest.mark.slow
 def test_same_inputs_give_a_byte_identical_kit(host_kit: Kit, work: Path) -> None:
     again = _airgap_kit(
         work, "host-again.tar", "--python", HOST.python, "--platform", HOST.platforms[0]

@@ -733,7 +733,15 @@ def _from_lock(
     the one just built from the sources."""
     reqs = [r for r in parse_lock(lock) if r.name != PROJECT]
     wanted = for_target(reqs, target)
-    paths = fetch_wheels(wanted, target, cache_dir, progress)
+    try:
+        paths = fetch_wheels(wanted, target, cache_dir, progress)
+    except DownloadError as e:
+        raise DownloadError(
+            f"the pins of {lock}: {e.message}",
+            remedy="a kit's requirements.lock pins the files of that kit's own target; use "
+            "the lock of a kit for this same --python and --platform, or make the kit "
+            "without --lock to resolve afresh",
+        ) from e
     infos = {info.name: info for info in (read_wheel_info(p) for p in paths)}
     needed, missing = closure(_roots(project, target), infos, target)
     if missing:

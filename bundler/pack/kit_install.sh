@@ -125,6 +125,8 @@ if libc == "glibc":
     need = tuple(int(x) for x in floor.split("."))
     if name != "glibc" or parts < need:
         problems.append("the kit needs glibc >= %s, this host has %s" % (floor, (name + " " + version).strip() or "no glibc"))
+elif libc == "musl" and platform.libc_ver()[0] == "glibc":
+    problems.append("the kit is for musl, this host has glibc %s" % platform.libc_ver()[1])
 if problems:
     print("; ".join(problems))
     sys.exit(1)
