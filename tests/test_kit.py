@@ -637,3 +637,13 @@ def test_an_epoch_before_1980_is_refused(tmp_path: Path) -> None:
     generate_keypair(tmp_path, None)
     with pytest.raises(KitError, match="before 1980"):
         build_kit(HOST, tmp_path / "k.tar", tmp_path / "airgap.key", created=0, source=ROOT)
+
+
+def test_a_folder_that_is_not_a_checkout_is_refused_with_the_remedy(tmp_path: Path) -> None:
+    from bundler.pack.kit import check_source
+
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
+    with pytest.raises(KitError, match="not an airgap-bundler checkout") as info:
+        check_source(tmp_path)
+    assert info.value.remedy is not None and "--source" in info.value.remedy
+    assert check_source(ROOT) == ROOT
