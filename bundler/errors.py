@@ -102,6 +102,10 @@ class KeyFileError(BundleError):
     """A key file cannot be read, decrypted or written."""
 
 
+class KitError(BundleError):
+    """The bootstrap kit cannot be made: no checkout to build, or an unreproducible wheel."""
+
+
 # --- the isolated side: a bundle is rejected (exit 3) ----------------------------------
 
 
