@@ -117,7 +117,7 @@ def open_verified(
     Raises:
         BundleRejected subclasses (exit 3) for every failed check.
     """
-    with open_bundle(bundle) as f:
+    with open_bundle(bundle, trust) as f:
         return _open_checked(f, trust, _now(now), limits, NullProgress()).verified
 
 
@@ -128,14 +128,18 @@ def verify(
     now: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
     progress: Progress | None = None,
+    stream: BinaryIO | None = None,
 ) -> Verified:
     """Full verification of every check `unpack` makes; writes nothing.
+
+    ``stream`` is ``bundle`` already opened (a split bundle's parts, checked as they
+    arrived); it is closed here.
 
     Raises:
         BundleRejected subclasses (exit 3) for every failed check.
     """
     progress = progress or NullProgress()
-    with open_bundle(bundle) as f:
+    with stream if stream is not None else open_bundle(bundle, trust) as f:
         opened = _open_checked(f, trust, _now(now), limits, progress)
         progress.start("verifying files", opened.manifest.payload.unpacked_size)
         for entry, chunks in _members(f, opened, limits):
@@ -318,7 +322,7 @@ def unpack(
                 f"{dest} is not empty and was not made by `airgap unpack`",
                 remedy="choose a new or empty destination folder",
             )
-        with open_bundle(bundle) as f:
+        with open_bundle(bundle, trust) as f:
             opened = _open_checked(
                 f, trust, _now(now), limits, progress, lambda v: _require_space(parent, v)
             )
