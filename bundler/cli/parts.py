@@ -85,8 +85,8 @@ def split_and_report(
     required=True,
     metavar="SIZE",
     callback=size_callback,
-    help="Largest part: 4G (4*10^9 bytes, fits FAT32), 700M, 4.7G (a DVD), 4GiB (2^30), or "
-    "bytes; at least 1 MiB.",
+    help="Largest part: 4G (4*10^9 bytes, fits FAT32), 700M, 4.7G (a DVD), 4GiB (4*2^30), or "
+    "bytes; at least 1M.",
 )
 @click.option(
     "--key",

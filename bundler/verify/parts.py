@@ -187,6 +187,7 @@ def check_parts(
 
     def record(result: PartResult) -> None:
         nonlocal state_ok
+        result = _refine(result, index, verdicts)
         verdicts[result.index] = result
         if on_part is not None:
             on_part(result)
@@ -290,7 +291,8 @@ def _refine(
     if result.status != "reordered":
         return result
     for other in index.parts:
-        if other.file in result.detail and verdicts[other.index].ok:
+        seen = verdicts.get(other.index)
+        if other.file in result.detail and seen is not None and seen.ok:
             return PartResult(
                 result.index,
                 result.file,
