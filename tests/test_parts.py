@@ -130,9 +130,7 @@ def test_parts_are_numbered_the_last_shorter_and_cat_gives_the_bundle(split: Spl
     assert [p["size"] for p in index["parts"]] == sizes
 
 
-def test_sha256sum_checks_the_parts_and_openssl_the_index(
-    split: Split, publisher: KeyPair
-) -> None:
+def test_sha256sum_checks_the_parts_and_openssl_the_index(split: Split, publisher: KeyPair) -> None:
     ok = subprocess.run(
         ["sha256sum", "-c", "m.airgap.sha256"], cwd=split.folder, capture_output=True, text=True
     )
@@ -140,10 +138,22 @@ def test_sha256sum_checks_the_parts_and_openssl_the_index(
     assert ok.stdout.count(": OK") == 4
     # The signed index carries the same sums: openssl checks the signature, jq-free.
     sig = subprocess.run(
-        ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", publisher.pub, "-rawin",
-         "-in", split.index, "-sigfile", f"{split.index}.sig"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            publisher.pub,
+            "-rawin",
+            "-in",
+            split.index,
+            "-sigfile",
+            f"{split.index}.sig",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert sig.returncode == 0 and "Signature Verified Successfully" in sig.stdout, sig.stderr
     index = json.loads(split.index.read_text())
     sums = "".join(f"{p['sha256']}  {p['file']}\n" for p in index["parts"])
@@ -152,8 +162,9 @@ def test_sha256sum_checks_the_parts_and_openssl_the_index(
     with split.part(2).open("r+b") as f:
         f.seek(500)
         f.write(b"\xff")
-    bad = subprocess.run(["sha256sum", "-c", "m.airgap.sha256"], cwd=split.folder,
-                         capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        ["sha256sum", "-c", "m.airgap.sha256"], cwd=split.folder, capture_output=True, text=True
+    )
     assert bad.returncode != 0 and "m.airgap.part002: FAILED" in bad.stdout
 
 
@@ -218,27 +229,35 @@ def test_verify_and_unpack_from_parts_with_no_network_and_no_joined_copy(
     assert limit < size
     dest = tmp_path / "dest"
     unpack = airgap(
-        "unpack", split.index, dest, "--trust", publisher.pub, "-q", "--no-host-check",
-        netns=True, max_file=limit,
-    )  # fmt: skip
+        "unpack",
+        split.index,
+        dest,
+        "--trust",
+        publisher.pub,
+        "-q",
+        "--no-host-check",
+        netns=True,
+        max_file=limit,
+    )
     assert unpack.returncode == 0, unpack.stderr
     # The same tree as from the bundle itself.
     from_bundle = tmp_path / "from-bundle"
-    whole = airgap("unpack", split.bundle, from_bundle, "--trust", publisher.pub, "-q",
-                   "--no-host-check")  # fmt: skip
+    whole = airgap(
+        "unpack", split.bundle, from_bundle, "--trust", publisher.pub, "-q", "--no-host-check"
+    )
     assert whole.returncode == 0, whole.stderr
     assert snapshot(dest) == snapshot(from_bundle)
     # No file of the bundle's size appeared beside the parts or anywhere under the test.
-    joined = [
-        p for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size == size
-    ]
+    joined = [p for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size == size]
     assert joined == [split.bundle]
     # The limit does bite: the same shell cannot write a joined copy.
     cat = subprocess.run(
-        f"cat m.airgap.part* > {tmp_path}/joined", shell=True, cwd=split.folder,
-        capture_output=True, preexec_fn=lambda: resource.setrlimit(
-            resource.RLIMIT_FSIZE, (limit, limit)),
-    )  # fmt: skip
+        f"cat m.airgap.part* > {tmp_path}/joined",
+        shell=True,
+        cwd=split.folder,
+        capture_output=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
     assert cat.returncode != 0
 
 
@@ -255,8 +274,16 @@ def _refused_everywhere(split: Split, victim: Victim, publisher: KeyPair, *needl
     unpack leaves DEST's folder exactly as it was."""
     before = victim.snapshot()
     line = rejected(airgap("verify", split.index, "--trust", publisher.pub, netns=True), *needles)
-    unpack = airgap("unpack", split.index, victim.dest, "--trust", publisher.pub, "-q",
-                    "--no-host-check", netns=True)  # fmt: skip
+    unpack = airgap(
+        "unpack",
+        split.index,
+        victim.dest,
+        "--trust",
+        publisher.pub,
+        "-q",
+        "--no-host-check",
+        netns=True,
+    )
     rejected(unpack, *needles[:2])
     assert victim.snapshot() == before
     return line
@@ -313,8 +340,16 @@ def test_a_duplicated_part_is_named(split: Split, victim: Victim, publisher: Key
     )
     assert "a copy of part 2" in line
     before = victim.snapshot()
-    unpack = airgap("unpack", split.index, victim.dest, "--trust", publisher.pub, "-q",
-                    "--no-host-check", netns=True)  # fmt: skip
+    unpack = airgap(
+        "unpack",
+        split.index,
+        victim.dest,
+        "--trust",
+        publisher.pub,
+        "-q",
+        "--no-host-check",
+        netns=True,
+    )
     rejected(unpack, "part: m.airgap.part003:")
     assert victim.snapshot() == before
 
@@ -375,6 +410,20 @@ def test_resume_skips_checked_parts_and_rechecks_a_changed_one(
     assert _statuses(airgap(*args, "--resume")) == ["resumed", "resumed", "ok", "resumed"]
 
 
+def test_an_unwritable_state_is_a_warning_and_state_can_live_elsewhere(
+    split: Split, publisher: KeyPair, tmp_path: Path
+) -> None:
+    args = ("verify", split.index, "--trust", publisher.pub)
+    nowhere = airgap(*args, "--state", tmp_path / "no" / "such" / "folder" / "state")
+    assert nowhere.returncode == 0, nowhere.stderr
+    assert nowhere.stderr.count("warning: cannot record the check state") == 1
+    elsewhere = tmp_path / "state.json"
+    assert airgap(*args, "--state", elsewhere).returncode == 0
+    assert not (split.folder / "m.airgap.split-state").exists()
+    resumed = airgap(*args, "--state", elsewhere, "--resume", "--json")
+    assert _statuses(resumed) == ["resumed"] * 4
+
+
 def test_a_forged_state_never_lets_a_damaged_part_through(
     split: Split, victim: Victim, publisher: KeyPair
 ) -> None:
@@ -385,17 +434,28 @@ def test_a_forged_state_never_lets_a_damaged_part_through(
     state = json.loads(state_path.read_text())
     st = split.part(2).stat()
     state["parts"]["2"].update(
-        dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns,
+        dev=st.st_dev,
+        ino=st.st_ino,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
         ctime_ns=st.st_ctime_ns,
-    )  # fmt: skip
+    )
     state_path.write_text(json.dumps(state))
     proc = airgap("verify", split.index, "--trust", publisher.pub, "--resume", netns=True)
     # The arrival check skipped it; reading the bundle through the parts hashes it again.
     assert "m.airgap.part002: resumed" in proc.stderr
     rejected(proc, "part: m.airgap.part002: damaged")
     before = victim.snapshot()
-    unpack = airgap("unpack", split.index, victim.dest, "--trust", publisher.pub, "-q",
-                    "--no-host-check", netns=True)  # fmt: skip
+    unpack = airgap(
+        "unpack",
+        split.index,
+        victim.dest,
+        "--trust",
+        publisher.pub,
+        "-q",
+        "--no-host-check",
+        netns=True,
+    )
     rejected(unpack, "part: m.airgap.part002: damaged")
     assert victim.snapshot() == before
 
@@ -409,8 +469,10 @@ def test_wait_checks_each_part_as_it_arrives(
         p.rename(carried / p.name)
     proc = subprocess.Popen(
         [*AIRGAP, "verify", split.index, "--trust", publisher.pub, "--wait", "30"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def arrive() -> None:
         # Out of order, and each written in two halves, as a slow copy would.
@@ -492,15 +554,29 @@ def test_pack_split_size_packs_then_splits(tmp_path: Path, publisher: KeyPair) -
         'platforms = ["manylinux_2_28_x86_64"]\n'
     )
     out = tmp_path / "tiny.airgap"
-    proc = airgap("pack", proj, "-o", out, "--key", publisher.key, "--split-size", "1M",
-                  "--bytecode", "none", "--json", timeout=600)  # fmt: skip
+    proc = airgap(
+        "pack",
+        proj,
+        "-o",
+        out,
+        "--key",
+        publisher.key,
+        "--split-size",
+        "1M",
+        "--bytecode",
+        "none",
+        "--json",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["split"]["bundle_size"] == out.stat().st_size
     assert len(info["split"]["parts"]) == 3
-    assert b"".join(
-        (tmp_path / p["file"]).read_bytes() for p in info["split"]["parts"]
-    ) == out.read_bytes()
-    verify = airgap("verify", tmp_path / "tiny.airgap.split.json", "--trust", publisher.pub,
-                    netns=True)  # fmt: skip
+    assert (
+        b"".join((tmp_path / p["file"]).read_bytes() for p in info["split"]["parts"])
+        == out.read_bytes()
+    )
+    verify = airgap(
+        "verify", tmp_path / "tiny.airgap.split.json", "--trust", publisher.pub, netns=True
+    )
     assert verify.returncode == 0, verify.stderr

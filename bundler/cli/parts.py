@@ -123,7 +123,8 @@ def split_cmd(
       airgap unpack iris.airgap.split.json /srv/iris --trust keys/airgap.pub
     Writes iris.airgap.part001, part002, ... (the last shorter), iris.airgap.split.json
     and its signature (.sig), and iris.airgap.sha256. `cat` of the parts is the
-    bundle, byte for byte. Same bundle and key: byte-identical output.
+    bundle, byte for byte. Same bundle and key: byte-identical output. Older files
+    named like this bundle's parts in that folder are replaced or removed.
     """
     passphrase = None
     if private_key_is_encrypted(key):

@@ -184,23 +184,31 @@ def check_parts(
     verdicts: dict[int, PartResult] = {}
     last_seen: dict[int, tuple[int, int]] = {}
     state_ok = True
+    saved = 0.0
+
+    def save(*, final: bool = False) -> None:
+        # At most once a second (and at the end): rewriting it for each of 100,000 parts
+        # would cost more than the parts.
+        nonlocal state_ok, saved
+        if not state_ok or (not final and clock() - saved < 1.0):
+            return
+        saved = clock()
+        try:
+            _save_state(state, index_sha, passed)
+        except OSError as e:
+            state_ok = False
+            if warn is not None:
+                warn(
+                    f"cannot record the check state in {state} ({e.strerror}); "
+                    "--resume will have nothing to skip (--state FILE puts it elsewhere)"
+                )
 
     def record(result: PartResult) -> None:
-        nonlocal state_ok
         result = _refine(result, index, verdicts)
         verdicts[result.index] = result
         if on_part is not None:
             on_part(result)
-        if state_ok:
-            try:
-                _save_state(state, index_sha, passed)
-            except OSError as e:
-                state_ok = False
-                if warn is not None:
-                    warn(
-                        f"cannot record the check state in {state} ({e.strerror}); "
-                        "--resume will have nothing to skip (--state FILE puts it elsewhere)"
-                    )
+        save()
 
     progress.start("checking parts", len(index.parts), unit="parts")
     deadline = clock() + wait
@@ -267,6 +275,7 @@ def check_parts(
                 )
             break
         sleep(_POLL)
+    save(final=True)
     progress.finish()
     done.results = [_refine(verdicts[p.index], index, verdicts) for p in index.parts]
     done.results.extend(_extras(index, folder))
@@ -338,6 +347,7 @@ def verify_parts(
     Raises:
         BundleRejected subclasses (exit 3): a bad part, index or bundle.
     """
+    # No progress display while the parts are checked: ``on_part`` reports each one.
     checked = check_parts(
         index_path,
         trust,
@@ -346,7 +356,6 @@ def verify_parts(
         state_path=state_path,
         on_part=on_part,
         warn=warn,
-        progress=progress,
     )
     stream = cast(BinaryIO, PartsFile(checked.index, checked.folder, checked.hashed))
     verified = verify(index_path, trust, progress=progress, stream=stream)
