@@ -15,8 +15,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import KeyPair, MakeBundle, Victim, require_netns, snapshot
@@ -158,6 +160,15 @@ def test_sha256sum_checks_the_parts_and_openssl_the_index(split: Split, publishe
     index = json.loads(split.index.read_text())
     sums = "".join(f"{p['sha256']}  {p['file']}\n" for p in index["parts"])
     assert (split.folder / "m.airgap.sha256").read_text() == sums
+    if shutil.which("jq"):  # the README's check of the signed sums themselves
+        signed = subprocess.run(
+            """jq -r '.parts[] | "\\(.sha256)  \\(.file)"' m.airgap.split.json | sha256sum -c""",
+            shell=True,
+            cwd=split.folder,
+            capture_output=True,
+            text=True,
+        )
+        assert signed.returncode == 0 and signed.stdout.count(": OK") == 4, signed.stderr
     # A damaged part fails sha256sum too.
     with split.part(2).open("r+b") as f:
         f.seek(500)
@@ -374,6 +385,68 @@ def test_an_index_signed_by_an_untrusted_key_is_rejected(
         split, victim, publisher, "signature: m.airgap.split.json.sig: signed by key"
     )
     assert attacker.key_id[:16] in line and "not trusted here" in line
+
+
+def test_a_fifo_planted_as_a_part_is_refused_not_waited_on(
+    split: Split, publisher: KeyPair
+) -> None:
+    split.part(2).unlink()
+    os.mkfifo(split.part(2))
+    rejected(
+        airgap("verify", split.index, "--trust", publisher.pub, timeout=60),
+        "part: m.airgap.part002: unreadable: not a regular file",
+    )
+
+
+def _resign(split: Split, key: KeyPair, edit: Callable[[dict[str, Any]], None]) -> None:
+    index = json.loads(split.index.read_text())
+    edit(index)
+    data = (json.dumps(index, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    split.index.write_bytes(data)
+    Path(f"{split.index}.sig").write_bytes(key.private.sign(data))
+
+
+def _set(path: tuple[str | int, ...], value: object) -> Callable[[dict[str, Any]], None]:
+    def edit(index: dict[str, Any]) -> None:
+        target: Any = index
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (_set(("format",), "airgap-parts/2"), "is not 'airgap-parts/1'"),
+        (_set(("bundle", "file"), "../m.airgap"), "is not a plain file name"),
+        (_set(("parts", 1, "file"), "../../etc/passwd"), "is not the name of part 2"),
+        (_set(("parts", 1, "offset"), 0), "offset is 0, expected 1000000"),
+        (_set(("parts", 1, "size"), 999_999), "does not fit part_size"),
+        (_set(("bundle", "size"), 10), "the parts add up to"),
+        (_set(("parts", 0, "index"), True), "must be a non-negative integer"),
+        (_set(("signer",), "ab" * 32), "names signer abababab"),
+    ],
+)
+def test_a_signed_but_malformed_index_is_rejected(
+    split: Split, publisher: KeyPair, edit: Callable[[dict[str, Any]], None], needle: str
+) -> None:
+    # Even an index the trusted key signed is held to every rule before a part is opened.
+    _resign(split, publisher, edit)
+    rejected(
+        airgap("verify", split.index, "--trust", publisher.pub),
+        "parts index: m.airgap.split.json:",
+        needle,
+    )
+
+
+def test_an_index_naming_another_bundle_is_rejected(split: Split, publisher: KeyPair) -> None:
+    _resign(split, publisher, _set(("bundle", "version"), "9.9"))
+    rejected(
+        airgap("verify", split.index, "--trust", publisher.pub),
+        "parts index: m.airgap.split.json: the index names demo 9.9, the parts hold demo 1.0",
+    )
 
 
 def test_an_edited_index_is_rejected(split: Split, publisher: KeyPair) -> None:

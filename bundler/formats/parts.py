@@ -111,7 +111,7 @@ def _check_plain_name(name: str, what: str) -> None:
         or _UNSAFE_NAME_RE.search(name)
         or len(name.encode("utf-8")) > 255
     ):
-        raise PartsIndexError(f"{what} {name[:100]!r} is not a plain file name", member=what)
+        raise _invalid(f"{what} {name[:100]!r} is not a plain file name")
 
 
 # ---- the index ----------------------------------------------------------------------------
@@ -191,8 +191,12 @@ class PartsIndex:
         return "".join(f"{p.sha256}  {p.file}\n" for p in self.parts).encode("utf-8")
 
 
-def _invalid(message: str) -> PartsIndexError:
-    return PartsIndexError(message, member="split.json")
+class _Malformed(Exception):  # private: parse_index turns it into PartsIndexError
+    """A rule of the index is broken; carries the text without the member."""
+
+
+def _invalid(message: str) -> _Malformed:
+    return _Malformed(message)
 
 
 def _strict_object(data: bytes) -> dict[str, Any]:
@@ -235,13 +239,21 @@ def _field(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     return value
 
 
-def parse_index(data: bytes) -> PartsIndex:
+def parse_index(data: bytes, member: str = "split.json") -> PartsIndex:
     """Parse and check an index (after its signature verified); every rule of section 12.
+    ``member`` names the index file in errors.
 
     Raises:
         PartsIndexError: not strict JSON, another format, a missing or mistyped field, or
         parts that do not tile the bundle exactly.
     """
+    try:
+        return _parse_index(data)
+    except _Malformed as e:
+        raise PartsIndexError(str(e), member=member) from None
+
+
+def _parse_index(data: bytes) -> PartsIndex:
     obj = _strict_object(data)
     fmt = obj.get("format")
     if fmt != FORMAT:
@@ -305,27 +317,33 @@ def peek_index_signer(data: bytes) -> str | None:
     """The key id an untrusted index claims, for an error message only."""
     try:
         signer = _strict_object(data).get("signer")
-    except BundleError:
+    except _Malformed:
         return None
     return signer if isinstance(signer, str) and _SHA256_RE.fullmatch(signer) else None
 
 
 def verify_index(
-    data: bytes, signature: bytes, keys: Iterable[TrustedKey], sig_member: str
+    data: bytes, signature: bytes, keys: Iterable[TrustedKey], index_member: str
 ) -> tuple[PartsIndex, TrustedKey]:
     """The signature over the exact index bytes with a trusted key, then the index rules.
+    ``index_member`` is the index's file name (its signature is that plus ``.sig``).
 
     Raises:
         SignatureError: no trusted key verifies it; PartsIndexError: malformed, or its
         ``signer`` is not the key that verified it.
     """
     key = verify_signature(
-        data, signature, keys, claimed_signer=lambda: peek_index_signer(data), member=sig_member
+        data,
+        signature,
+        keys,
+        claimed_signer=lambda: peek_index_signer(data),
+        member=index_member + SIGNATURE_SUFFIX,
     )
-    index = parse_index(data)
+    index = parse_index(data, index_member)
     if index.signer != key.key_id:
-        raise _invalid(
-            f"the index names signer {index.signer[:16]}... but was signed by {key.key_id[:16]}..."
+        raise PartsIndexError(
+            f"the index names signer {index.signer[:16]}... but was signed by {key.key_id[:16]}...",
+            member=index_member,
         )
     return index, key
 
@@ -433,7 +451,8 @@ def open_part(index: PartsIndex, folder: Path, entry: PartEntry) -> int:
         PartError: missing, unreadable or not a regular file.
     """
     try:
-        fd = os.open(folder / entry.file, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted as a part must not hang the reader at open().
+        fd = os.open(folder / entry.file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise PartError(
             "missing",

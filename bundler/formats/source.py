@@ -25,7 +25,8 @@ _INDEX_START: Final = b"{"
 
 def _open_regular(path: Path, what: str) -> BinaryIO:
     try:
-        f = path.open("rb")
+        # O_NONBLOCK: a FIFO given as BUNDLE (or planted as the index) must not hang open().
+        f = os.fdopen(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), "rb")
     except OSError as e:
         raise BundleError(f"cannot read {what} {path}: {e.strerror}") from e
     # The reader seeks (over the payload, and back to hash it): a pipe cannot be read.
@@ -71,7 +72,7 @@ def read_index(index_path: Path, trust: Sequence[Path]) -> tuple[PartsIndex, byt
             remedy="copy it with the index (split writes both)",
         )
     signature = _read_bounded(sig, SIGNATURE_BYTES, "signature")
-    index, _key = verify_index(data, signature, keys, sig.name)
+    index, _key = verify_index(data, signature, keys, index_path.name)
     return index, data
 
 
