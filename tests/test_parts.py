@@ -497,6 +497,15 @@ def test_an_unwritable_state_is_a_warning_and_state_can_live_elsewhere(
     assert _statuses(resumed) == ["resumed"] * 4
 
 
+@pytest.mark.parametrize(
+    "junk", [b"[" * 100_000, b"{}", b'{"format": 1}', b"\xff\xfe", b'{"parts": []}']
+)
+def test_a_malformed_state_is_ignored(split: Split, publisher: KeyPair, junk: bytes) -> None:
+    (split.folder / "m.airgap.split-state").write_bytes(junk)
+    proc = airgap("verify", split.index, "--trust", publisher.pub, "--resume", "--json")
+    assert _statuses(proc) == ["ok"] * 4
+
+
 def test_a_forged_state_never_lets_a_damaged_part_through(
     split: Split, victim: Victim, publisher: KeyPair
 ) -> None:
@@ -612,6 +621,47 @@ def test_the_parts_file_reads_across_part_boundaries(split: Split, publisher: Ke
             f.seek(offset)
             assert f.read(n) == data[offset : offset + n]
         assert f.seek(0, os.SEEK_END) == len(data)
+
+
+def test_judge_names_each_failure_from_sizes_digests_and_probes() -> None:
+    import hashlib
+
+    from bundler.formats.parts import (
+        PROBE,
+        BundleIdentity,
+        Observed,
+        WrittenPart,
+        build_index,
+        judge,
+    )
+
+    rnd = random.Random(5)
+    parts = [rnd.randbytes(200_000), rnd.randbytes(200_000), rnd.randbytes(50_000)]
+
+    def sha(b: bytes) -> str:
+        return hashlib.sha256(b).hexdigest()
+
+    def seen(b: bytes) -> Observed:
+        return Observed(len(b), sha(b), sha(b[:PROBE]), sha(b[-min(len(b), PROBE) :]))
+
+    written = [WrittenPart(len(b), sha(b), sha(b[:PROBE]), sha(b[-PROBE:])) for b in parts]
+    joined = b"".join(parts)
+    ident = BundleIdentity("m.airgap", "demo", "1.0", "0" * 64, sha(joined), len(joined))
+    index = build_index(ident, "1" * 64, 200_000, written)
+    first, second, last = index.parts
+    assert judge(index, first, seen(parts[0])) is None
+    assert judge(index, first, seen(parts[1]))[0] == "reordered"
+    assert judge(index, second, seen(parts[2]))[0] == "reordered"  # the last part, misplaced
+    assert judge(index, first, seen(parts[0][:150_000]))[0] == "truncated"
+    assert judge(index, first, seen(parts[0][:1000]))[0] == "truncated"
+    assert judge(index, first, seen(parts[0] + b"x"))[0] == "too long"
+    damaged = bytearray(parts[0])
+    damaged[100_000] ^= 1
+    assert judge(index, first, seen(bytes(damaged)))[0] == "damaged"
+    stranger = rnd.randbytes(200_000)
+    assert judge(index, first, seen(stranger))[0] == "foreign"
+    assert judge(index, first, seen(stranger[:150_000]))[0] == "foreign"  # another's last part
+    assert judge(index, last, seen(stranger[:120_000]))[0] == "foreign"
 
 
 @pytest.mark.network

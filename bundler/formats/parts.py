@@ -367,29 +367,30 @@ def _probes(size: int) -> tuple[int, int]:
     return size - n, n
 
 
-def digest_fd(fd: int, size: int, *, probes: bool = False) -> Observed:
-    """Hash ``size`` bytes of an open file from offset 0 (reading past them to catch extra)."""
+def digest_fd(fd: int, limit: int) -> Observed:
+    """The size of an open file and the sha256 of its bytes, read only when it has at most
+    ``limit`` bytes (no part is larger: a huge or sparse file planted as a part costs
+    nothing)."""
+    size = os.fstat(fd).st_size
+    if size > limit:
+        return Observed(size=size, sha256="")
     digest = hashlib.sha256()
-    head = hashlib.sha256()
     done = 0
-    while True:
-        chunk = os.pread(fd, CHUNK, done)
+    while done < size:
+        chunk = os.pread(fd, min(CHUNK, size - done), done)
         if not chunk:
             break
         digest.update(chunk)
-        if probes and done < PROBE:
-            head.update(chunk[: PROBE - done])
         done += len(chunk)
-    tail: str | None = None
-    if probes:
-        offset, n = _probes(done)
-        tail = hashlib.sha256(os.pread(fd, n, offset)).hexdigest()
-    return Observed(
-        size=done,
-        sha256=digest.hexdigest(),
-        head_sha256=head.hexdigest() if probes else None,
-        tail_sha256=tail,
-    )
+    return Observed(size=done, sha256=digest.hexdigest())
+
+
+def with_probes(fd: int, seen: Observed) -> Observed:
+    """``seen`` plus the sha256 of the file's first and last min(size, 64 KiB) bytes."""
+    offset, n = _probes(seen.size)
+    head = hashlib.sha256(os.pread(fd, min(seen.size, PROBE), 0)).hexdigest()
+    tail = hashlib.sha256(os.pread(fd, n, offset)).hexdigest()
+    return Observed(size=seen.size, sha256=seen.sha256, head_sha256=head, tail_sha256=tail)
 
 
 def judge(index: PartsIndex, entry: PartEntry, seen: Observed) -> tuple[str, str] | None:
@@ -409,7 +410,8 @@ def judge(index: PartsIndex, entry: PartEntry, seen: Observed) -> tuple[str, str
             )
     head_ok = seen.head_sha256 == entry.head_sha256
     if seen.size < entry.size:
-        if head_ok or seen.size == 0:
+        # Shorter than a probe, a prefix cannot be told from a stranger: call it truncated.
+        if head_ok or seen.size < min(entry.size, PROBE):
             return "truncated", f"{seen.size} of {entry.size} bytes (copy it again)"
         return "foreign", f"{seen.size} bytes, not {entry.size}, and its start differs: " + (
             "not a part of this bundle (another bundle's, or another split's)"
@@ -475,11 +477,11 @@ def check_part_fd(index: PartsIndex, entry: PartEntry, fd: int) -> Identity:
         PartError: naming what is wrong with it (see ``judge``), or that it changed while read.
     """
     before = Identity.of(os.fstat(fd))
-    seen = digest_fd(fd, entry.size)
+    seen = digest_fd(fd, index.part_size)
     verdict = judge(index, entry, seen)
     if verdict is not None:
         # Only now the probes, to name the failure; a good part costs one hash pass.
-        verdict = judge(index, entry, digest_fd(fd, entry.size, probes=True)) or verdict
+        verdict = judge(index, entry, with_probes(fd, seen)) or verdict
         status, detail = verdict
         raise PartError(status, detail, member=entry.file, remedy=REMEDIES[status])
     if Identity.of(os.fstat(fd)) != before:

@@ -81,10 +81,11 @@ def _load_state(path: Path, index_sha: str) -> dict[int, tuple[Identity, str]]:
     try:
         with path.open("rb") as f:
             raw = f.read(_MAX_STATE_BYTES + 1)
+        if len(raw) > _MAX_STATE_BYTES:
+            return {}
         obj = json.loads(raw)
         if (
-            len(raw) > _MAX_STATE_BYTES
-            or not isinstance(obj, dict)
+            not isinstance(obj, dict)
             or obj.get("format") != STATE_FORMAT
             or obj.get("index_sha256") != index_sha
         ):
@@ -100,8 +101,9 @@ def _load_state(path: Path, index_sha: str) -> dict[int, tuple[Identity, str]]:
             )
             out[int(key)] = (ident, str(rec["sha256"]))
         return out
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        # A missing or unreadable state only means nothing is skipped.
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        # A missing, unreadable or malformed state (it lies beside the parts, so anyone who
+        # brought them may have written it) only means nothing is skipped.
         return {}
 
 
