@@ -221,6 +221,23 @@ def test_a_second_split_removes_the_first_ones_extra_parts(
     ]
 
 
+def test_split_help_shows_an_example_and_the_size_forms() -> None:
+    proc = airgap("split", "--help")
+    assert proc.returncode == 0
+    assert "Example:" in proc.stdout and "airgap split iris.airgap --size 4G" in proc.stdout
+    assert "4GiB" in proc.stdout
+    assert "split" in airgap("--help").stdout
+
+
+def test_split_refuses_a_part_index_and_a_missing_key(split: Split, publisher: KeyPair) -> None:
+    proc = airgap("split", split.index, "--size", "1M", "--key", publisher.key)
+    assert proc.returncode == 1
+    assert "is a split bundle's part index" in proc.stderr
+    nokey = airgap("split", split.bundle, "--size", "1M", "--key", split.folder / "nope.key")
+    assert nokey.returncode == 1
+    assert "cannot read signing key" in nokey.stderr
+
+
 # ---- the isolated side: verify and unpack from the parts ----------------------------------
 
 
