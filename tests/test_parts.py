@@ -210,6 +210,30 @@ def test_size_forms_and_refusals(split: Split, publisher: KeyPair) -> None:
     assert (one / "m.airgap.part001").read_bytes() == split.bundle.read_bytes()
 
 
+def test_a_bundle_changing_while_it_is_split_leaves_nothing(
+    split: Split, publisher: KeyPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bundler.pack.split as splitting
+    from bundler.errors import BundleError
+
+    real = splitting.split_stream
+
+    def and_touch(*args: Any, **kwargs: Any) -> Any:
+        written = real(*args, **kwargs)
+        with split.bundle.open("r+b") as f:  # rewritten in place: the same bytes, new ctime
+            first = f.read(1)
+            f.seek(0)
+            f.write(first)
+        return written
+
+    monkeypatch.setattr(splitting, "split_stream", and_touch)
+    out = tmp_path / "changing"
+    out.mkdir()
+    with pytest.raises(BundleError, match="changed while it was split"):
+        splitting.split_bundle(split.bundle, 1_000_000, publisher.private, out_dir=out)
+    assert list(out.iterdir()) == []
+
+
 def test_a_second_split_removes_the_first_ones_extra_parts(
     split: Split, publisher: KeyPair
 ) -> None:

@@ -11,11 +11,12 @@ import json
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, Protocol
 
 from ..errors import BundleError, PartError, PartsIndexError, UsageError
 from .signing import TrustedKey, verify_signature
@@ -375,13 +376,14 @@ def digest_fd(fd: int, limit: int) -> Observed:
     if size > limit:
         return Observed(size=size, sha256="")
     digest = hashlib.sha256()
+    buffer = memoryview(bytearray(CHUNK))
     done = 0
     while done < size:
-        chunk = os.pread(fd, min(CHUNK, size - done), done)
-        if not chunk:
+        n = os.preadv(fd, [buffer[: min(CHUNK, size - done)]], done)
+        if not n:
             break
-        digest.update(chunk)
-        done += len(chunk)
+        digest.update(buffer[:n])
+        done += n
     return Observed(size=done, sha256=digest.hexdigest())
 
 
@@ -602,52 +604,103 @@ class WrittenPart:
     tail_sha256: str
 
 
+class Readable(Protocol):
+    """What `split_stream` reads from: a binary file that fills a buffer."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
 def split_stream(
-    src: BinaryIO,
+    src: Readable,
     size: int,
     part_size: int,
     sinks: Iterator[BinaryIO],
     advance: Callable[[int], None] | None = None,
-) -> tuple[list[WrittenPart], str]:
+) -> list[WrittenPart]:
     """Copy ``size`` bytes of ``src`` into consecutive sinks of ``part_size`` bytes (the last
-    shorter); return each part's digests and the sha256 of the whole.
+    shorter); return each part's size and digests. One reused buffer: no copy per chunk.
 
     Raises:
         BundleError: ``src`` ended early (the bundle changed while it was split).
     """
-    whole = hashlib.sha256()
+    buffer = memoryview(bytearray(CHUNK))
     written: list[WrittenPart] = []
     remaining = size
     while remaining:
         sink = next(sinks)
         this = min(part_size, remaining)
+        tail_start = this - min(this, PROBE)
         digest, head = hashlib.sha256(), hashlib.sha256()
         tail = bytearray()
-        left = this
-        while left:
-            chunk = src.read(min(CHUNK, left))
-            if not chunk:
+        done = 0
+        while done < this:
+            n = src.readinto(buffer[: min(CHUNK, this - done)])
+            if not n:
                 raise BundleError("the bundle ended early while it was split")
+            chunk = buffer[:n]
             sink.write(chunk)
             digest.update(chunk)
-            whole.update(chunk)
-            done = this - left
             if done < PROBE:
                 head.update(chunk[: PROBE - done])
-            tail = (tail + chunk)[-PROBE:] if len(chunk) < PROBE else bytearray(chunk[-PROBE:])
-            left -= len(chunk)
+            if done + n > tail_start:
+                tail += chunk[max(0, tail_start - done) :]
+            done += n
             if advance is not None:
-                advance(len(chunk))
+                advance(n)
         written.append(
             WrittenPart(
                 size=this,
                 sha256=digest.hexdigest(),
                 head_sha256=head.hexdigest(),
-                tail_sha256=hashlib.sha256(tail[-min(this, PROBE) :]).hexdigest(),
+                tail_sha256=hashlib.sha256(tail).hexdigest(),
             )
         )
         remaining -= this
-    return written, whole.hexdigest()
+    return written
+
+
+class BackgroundDigest:
+    """The sha256 of ``size`` bytes of an open file, read with pread (the file offset is
+    untouched) and hashed in a thread, while the caller reads the same file to split it:
+    hashlib and pread release the GIL, so on a free core the whole-bundle digest costs no
+    extra wall time, and nothing passes between the threads but the result."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd, self._size = fd, size
+        self._digest = hashlib.sha256()
+        self._error: OSError | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="airgap-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        buffer = memoryview(bytearray(CHUNK))
+        offset = 0
+        try:
+            while offset < self._size and not self._stop.is_set():
+                n = os.preadv(self._fd, [buffer[: min(CHUNK, self._size - offset)]], offset)
+                if not n:
+                    break
+                self._digest.update(buffer[:n])
+                offset += n
+        except OSError as e:
+            self._error = e
+        self._done = offset
+
+    def result(self) -> str:
+        """The hex digest, once the thread is done.
+
+        Raises:
+            BundleError: the file could not be read to its end.
+        """
+        self._thread.join()
+        if self._error is not None or self._done != self._size:
+            raise BundleError("the bundle ended early or became unreadable while it was split")
+        return self._digest.hexdigest()
+
+    def cancel(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def build_index(

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -24,8 +24,10 @@ from ..formats.parts import (
     MAX_PARTS,
     MIN_PART_SIZE,
     SUMS_SUFFIX,
+    BackgroundDigest,
     BundleIdentity,
     PartsIndex,
+    Readable,
     build_index,
     index_name,
     part_name,
@@ -96,10 +98,25 @@ def split_bundle(
                 )
         names = [part_name(bundle.name, n, count) for n in range(1, count + 1)]
         progress.start("splitting", size)
+        before = os.fstat(f.fileno())
         with _staged(folder) as stage:
-            written, whole = split_stream(
-                f, size, part_size, stage.sinks(names), advance=progress.advance
-            )
+            whole_digest = BackgroundDigest(f.fileno(), size)
+            try:
+                # open_bundle gives a BufferedReader for a bundle file (a part index was refused).
+                src = cast(Readable, f)
+                written = split_stream(
+                    src, size, part_size, stage.sinks(names), advance=progress.advance
+                )
+            except BaseException:
+                whole_digest.cancel()
+                raise
+            whole = whole_digest.result()
+            # The parts and the whole digest were read in two passes: the same file, unchanged.
+            if _identity(os.fstat(f.fileno())) != _identity(before):
+                raise BundleError(
+                    f"{bundle} changed while it was split",
+                    remedy="split again once nothing writes to the bundle",
+                )
             identity = BundleIdentity(
                 file=bundle.name,
                 name=manifest.name,
@@ -124,6 +141,10 @@ def split_bundle(
         sums_path=folder / (bundle.name + SUMS_SUFFIX),
         part_paths=tuple(folder / n for n in names),
     )
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class _Stage:
