@@ -662,6 +662,12 @@ def test_the_parts_file_reads_across_part_boundaries(split: Split, publisher: Ke
             f.seek(offset)
             assert f.read(n) == data[offset : offset + n]
         assert f.seek(0, os.SEEK_END) == len(data)
+        assert f.read(10) == b""
+        f.seek(1_000_000)
+        assert f.read() == data[1_000_000:]
+        buffer = bytearray(30)
+        f.seek(1_999_985)
+        assert f.readinto(buffer) == 30 and bytes(buffer) == data[1_999_985:2_000_015]
 
 
 def test_judge_names_each_failure_from_sizes_digests_and_probes() -> None:

@@ -567,6 +567,23 @@ class PartsFile(io.RawIOBase):
         self._fd, self._fd_part = fd, entry.index
         return fd
 
+    def read(self, size: int | None = -1, /) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative); short only at the end."""
+        left = max(0, self._size - self._pos)
+        size = left if size is None or size < 0 else min(size, left)
+        if size == 0:
+            return b""
+        entry = self.index.parts[bisect.bisect_right(self._starts, self._pos) - 1]
+        if self._pos + size > entry.offset + entry.size:
+            buffer = bytearray(size)  # across a part boundary
+            return bytes(buffer[: self.readinto(buffer)])
+        # Within one part (nearly every read): one pread, no copy.
+        data = os.pread(self._part_fd(entry), size, self._pos - entry.offset)
+        if len(data) != size:
+            raise PartError("truncated", "ended early, after its check", member=entry.file)
+        self._pos += size
+        return data
+
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         view = memoryview(buffer).cast("B")
         want = min(len(view), max(0, self._size - self._pos))
