@@ -190,7 +190,7 @@ def main() -> int:
     lines = [
         f"# Split benchmark ({size / MiB:.0f} MiB bundle, {parts} parts of {part_size} bytes, "
         f"{args.rounds} interleaved rounds, medians, {os.cpu_count()} CPUs, load average "
-        f"{load[0]:.1f} at the end: a shared, loaded machine)",
+        f"{load[0]:.1f} at the end, on a machine shared with other jobs)",
         "",
         "| measure | airgap | baseline | ratio | target | met |",
         "|---|---|---|---|---|---|",
