@@ -175,6 +175,25 @@ class ExpiredError(BundleRejected):
     check = "expiry"
 
 
+class PartError(BundleRejected):
+    """A part of a split bundle is missing, foreign, reordered, truncated, damaged, duplicated
+    or extra (docs/format.md section 12); the member is the part's file name, ``status``
+    the kind of failure and ``detail`` the rest."""
+
+    check = "part"
+
+    def __init__(self, status: str, detail: str, *, member: str, remedy: str | None = None) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"{status}: {detail}", member=member, remedy=remedy)
+
+
+class PartsIndexError(BundleRejected):
+    """A split bundle's part index is malformed, or names another bundle than its parts hold."""
+
+    check = "parts index"
+
+
 class TreeModifiedError(BundleRejected):
     """An unpacked tree no longer matches the signed manifest it was unpacked from."""
 

@@ -16,6 +16,7 @@ from . import (  # noqa: F401 - importing them registers the commands
     kit,
     online,
     ops,
+    parts,
     trust,
 )
 from ._common import cli

@@ -9,6 +9,8 @@ import click
 
 from ..errors import UsageError, escape
 from ..formats.manifest import Manifest
+from ..formats.source import is_parts_index
+from ..verify.unpack import TrustInputs
 from ..verify.unpack import unpack as unpack_bundle
 from ..verify.unpack import verify as verify_bundle
 from ._common import (
@@ -29,6 +31,7 @@ from ._common import (
     summary,
     tls_cert_option,
     tls_key_option,
+    to_stderr,
     trust_lines,
     trust_or_policy_option,
     trust_report,
@@ -149,6 +152,25 @@ def serve_cmd(
 @trust_or_policy_option
 @policy_option
 @signatures_option
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Parts index: skip parts the state file records as checked and unchanged since.",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(0),
+    default=0,
+    metavar="SECONDS",
+    help="Parts index: wait for missing or growing parts, checking each as it arrives, until "
+    "none has arrived for this long.",
+)
+@click.option(
+    "--state",
+    "state_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Parts index: the check state file (default: BUNDLE.split-state beside the parts).",
+)
 @quiet_option
 @json_option
 @funnel
@@ -157,6 +179,9 @@ def verify(
     trust: tuple[Path, ...],
     policy: Path | None,
     signatures: tuple[Path, ...],
+    resume: bool,
+    wait: float,
+    state_file: Path | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -167,11 +192,25 @@ def verify(
       airgap verify iris.airgap --trust keys/airgap.pub
       airgap verify iris.airgap --trust /etc/airgap/trusted/ --json
       airgap verify iris.airgap --policy /etc/airgap/policy.toml   # e.g. 2 of 3 keys
+      airgap verify iris.airgap.split.json --trust keys/airgap.pub --wait 600 --resume
+    BUNDLE may be a split bundle's part index (`airgap split`): each part is hashed
+    against the signed index as it arrives (a line per part; recorded in a state file
+    beside the parts, the one thing written), then the bundle they join into is fully
+    verified through the parts, without joining them on disk.
     Exit status 0 when every check passes, 3 when the bundle is rejected (2 for a
     malformed policy). Co-signatures (`airgap sign`) in the bundle and in BUNDLE.sig
     (or --signatures FILE) are counted once per distinct key.
     """
     need_trust(trust, policy)
+    if is_parts_index(bundle):
+        keys = tuple(TrustInputs(trust, policy).index_keys())
+        verify_split(bundle, keys, resume, wait, state_file, quiet, as_json)
+        return
+    if resume or wait or state_file is not None:
+        raise UsageError(
+            "--resume, --wait and --state apply to a split bundle's part index",
+            remedy="pass the .split.json file, or drop them",
+        )
     verified = verify_bundle(
         bundle,
         list(trust),
@@ -199,6 +238,53 @@ def verify(
     )
     for line in trust_lines(verified):
         click.echo(line)
+
+
+def verify_split(
+    index: Path,
+    trust: tuple[Path, ...],
+    resume: bool,
+    wait: float,
+    state_file: Path | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """`verify` of a part index: a line per part as it is judged, then the bundle's."""
+    from ..verify.parts import PartResult, verify_parts
+
+    def on_part(result: PartResult) -> None:
+        if as_json or quiet:
+            return
+        detail = f" ({result.detail})" if result.detail and not result.ok else ""
+        to_stderr(f"{result.file}: {result.status}{detail}")
+
+    verified, checked = verify_parts(
+        index,
+        list(trust),
+        resume=resume,
+        wait=wait,
+        state_path=state_file,
+        on_part=on_part,
+        warn=lambda line: to_stderr(f"warning: {line}"),
+        progress=progress(quiet or as_json),
+    )
+    m = verified.manifest
+    if as_json:
+        emit_json(
+            {
+                "ok": True,
+                "verified": True,
+                "trusted_key": str(verified.key.source),
+                "parts": [r.to_json_dict() for r in checked.results],
+                **summary(m),
+                "bundle_size": checked.index.bundle.size,
+            }
+        )
+        return
+    click.echo(
+        f"OK: {m.name} {m.version}, {len(checked.index.parts)} parts, "
+        f"{m.payload.file_count} files, signed by {m.signer[:16]}... ({verified.key.source})"
+    )
 
 
 @cli.command()
@@ -238,6 +324,10 @@ def unpack(
     Example:
       airgap unpack iris.airgap /srv/models/iris --trust keys/airgap.pub
       airgap unpack iris.airgap /srv/models/iris --policy policy.toml
+      airgap unpack iris.airgap.split.json /srv/models/iris --trust keys/airgap.pub
+    BUNDLE may be a split bundle's part index: the parts are read in place, never
+    joined on disk, and each is hashed against the signed index before its bytes
+    are used (the state file of `verify --resume` is not trusted here).
     Every check runs before DEST changes; DEST is replaced in one rename, or left
     exactly as it was. An older version than the one at DEST is refused unless
     --allow-downgrade. A bundle whose target (architecture, OS, C library) does not

@@ -28,6 +28,7 @@ from ._common import (
     read_passphrase,
     summary,
 )
+from .parts import size_callback, split_and_report
 
 
 @cli.command("lock")
@@ -186,6 +187,12 @@ def keygen(
     "(else a warning), require = fail without one, none = never. For byte-identical bundles "
     "across machines, use require or none.",
 )
+@click.option(
+    "--split-size",
+    metavar="SIZE",
+    callback=size_callback,
+    help="Then split the bundle for media as `airgap split --size SIZE` does (same key).",
+)
 @quiet_option
 @json_option
 @funnel
@@ -201,6 +208,7 @@ def pack(
     cache_dir: Path | None,
     find_links: tuple[Path, ...],
     bytecode: str,
+    split_size: int | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -212,7 +220,8 @@ def pack(
       SOURCE_DATE_EPOCH=1700000000 airgap pack proj -o proj.airgap --key k.key
     Downloads the locked wheels for the target (hash-checked, cached), builds the
     site-packages tree, and writes one signed, zstd-compressed file. With the same
-    inputs and SOURCE_DATE_EPOCH the bundle is byte-identical.
+    inputs and SOURCE_DATE_EPOCH the bundle is byte-identical. --split-size 4G then
+    writes it as parts with a signed index too (see `airgap split --help`).
     """
     from ..pack.pipeline import BytecodeChoice
     from ..pack.pipeline import pack as do_pack
@@ -237,7 +246,10 @@ def pack(
         bytecode=cast("BytecodeChoice", bytecode),
     )
     if as_json:
-        emit_json({"ok": True, "bundle": str(out), "warnings": warnings, **summary(manifest, out)})
+        info = {"ok": True, "bundle": str(out), "warnings": warnings, **summary(manifest, out)}
+        if split_size is not None:
+            info["split"] = split_and_report(out, split_size, key, passphrase, None, quiet, True)
+        emit_json(info)
         return
     for line in warnings:
         click.echo(f"warning: {line}", err=True)
@@ -246,6 +258,8 @@ def pack(
         f"{manifest.payload.file_count} files, {human(out.stat().st_size)}"
     )
     click.echo(f"signed by {manifest.signer}")
+    if split_size is not None:
+        split_and_report(out, split_size, key, passphrase, None, quiet, False)
 
 
 @cli.command()

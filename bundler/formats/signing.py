@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import KeyFileError, SignatureError, TrustError, escape
-from .source import read_regular
+from .files import read_regular
 
 PRIVATE_KEY_NAME: Final = "airgap.key"
 PUBLIC_KEY_NAME: Final = "airgap.pub"
@@ -246,12 +246,14 @@ def verify_signature(
     signature: bytes,
     trusted: Iterable[TrustedKey],
     claimed_signer: str | Callable[[], str | None] | None,
+    *,
+    member: str = "manifest.json.sig",
 ) -> TrustedKey:
     """Return the trusted key whose signature over ``message`` verifies.
 
     The key comes only from ``trusted``, never from the bundle; ``claimed_signer`` (read from
     the untrusted manifest, or a function that reads it, called only on failure) is used for
-    the error message alone.
+    the error message alone. ``member`` names the signature file in errors.
 
     Raises:
         SignatureError: wrong length, no trusted key verifies, or the key id does not match.
@@ -259,7 +261,7 @@ def verify_signature(
     if len(signature) != SIGNATURE_BYTES:
         raise SignatureError(
             f"signature is {len(signature)} bytes, not {SIGNATURE_BYTES}",
-            member="manifest.json.sig",
+            member=member,
         )
     keys = list(trusted)
     for key in keys:
@@ -274,11 +276,11 @@ def verify_signature(
     if claimed_signer and claimed_signer not in known:
         raise SignatureError(
             f"signed by key {escape(claimed_signer[:16])}..., which is not trusted here",
-            member="manifest.json.sig",
+            member=member,
             remedy="pass --trust with the signer's public key",
         )
     raise SignatureError(
         "the signature does not verify with any trusted key (edited manifest or wrong key)",
-        member="manifest.json.sig",
+        member=member,
         remedy="get the bundle again from its publisher; do not use this copy",
     )

@@ -31,7 +31,7 @@ from ..formats.cosign import Cosignature, parse_signature_file, render_signature
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest, parse_manifest
 from ..formats.signing import load_trusted_keys, public_key_pem
-from ..formats.source import open_bundle, read_regular
+from ..formats.source import is_parts_index, open_bundle, read_regular
 from ..layout import (
     DETACHED_SUFFIX,
     OUTER_PAYLOAD,
@@ -75,6 +75,14 @@ class TrustInputs:
     def load_policy(self) -> TrustPolicy | None:
         return load_policy(self.policy) if self.policy is not None else None
 
+    def index_keys(self) -> list[Path]:
+        """The key files a split bundle's part index must verify with: --trust's, or else
+        every key of the policy (the index is signed by one packer, section 12)."""
+        if self.trust:
+            return list(self.trust)
+        loaded = self.load_policy()
+        return sorted({k.source for k in loaded.keys.values()}) if loaded else []
+
 
 def read_detached(
     bundle: Path, files: Sequence[Path] | None, limits: Limits = DEFAULT_LIMITS
@@ -89,7 +97,9 @@ def read_detached(
     """
     if files is None:
         beside = bundle.with_name(bundle.name + DETACHED_SUFFIX)
-        if not beside.is_file():
+        # A split bundle's part index has its own raw INDEX.sig (section 12), which is not
+        # a co-signature file: co-signatures of a split bundle come with --signatures.
+        if not beside.is_file() or (bundle.is_file() and is_parts_index(bundle)):
             return []
         files = [beside]
     out = []
@@ -198,7 +208,7 @@ def open_verified(
         PolicyError: the policy file cannot be used (exit 2).
     """
     inputs = TrustInputs(trust, policy, read_detached(bundle, signature_files, limits))
-    with open_bundle(bundle) as f:
+    with open_bundle(bundle, trust=inputs.index_keys()) as f:
         return _open_checked(f, inputs, _now(now), limits, NullProgress()).verified
 
 
@@ -211,10 +221,12 @@ def verify(
     progress: Progress | None = None,
     policy: Path | None = None,
     signature_files: Sequence[Path] | None = None,
+    stream: BinaryIO | None = None,
 ) -> Verified:
     """Full verification of every check `unpack` makes; writes nothing.
 
-    ``policy`` and ``signature_files`` as for ``open_verified``.
+    ``policy`` and ``signature_files`` as for ``open_verified``. ``stream`` is ``bundle``
+    already opened (a split bundle's parts, checked as they arrived); it is closed here.
 
     Raises:
         BundleRejected subclasses (exit 3) for every failed check.
@@ -222,7 +234,7 @@ def verify(
     """
     progress = progress or NullProgress()
     inputs = TrustInputs(trust, policy, read_detached(bundle, signature_files, limits))
-    with open_bundle(bundle) as f:
+    with stream if stream is not None else open_bundle(bundle, trust=inputs.index_keys()) as f:
         opened = _open_checked(f, inputs, _now(now), limits, progress)
         progress.start("verifying files", opened.manifest.payload.unpacked_size)
         for entry, chunks in _members(f, opened, limits):
@@ -504,7 +516,7 @@ def unpack(
                 remedy="choose a new or empty destination folder",
             )
         inputs = TrustInputs(trust, policy, read_detached(bundle, signature_files, limits))
-        with open_bundle(bundle) as f:
+        with open_bundle(bundle, trust=inputs.index_keys()) as f:
             opened = _open_checked(
                 f, inputs, _now(now), limits, progress, lambda v: _require_space(parent, v)
             )
