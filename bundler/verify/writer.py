@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from ..formats.manifest import FileEntry
 from .policy import MemberTracker
 
 _ZEROS: Final = bytes(CHUNK)
+_BATCH_FILES: Final = 32
+_BATCH_BYTES: Final = 4 << 20
 
 
 class _Aborted(Exception):
@@ -119,10 +122,16 @@ class WriterPool:
     every descriptor and joins the threads, so the caller may then remove the stage.
     """
 
-    def __init__(self, threads: int = 2, depth: int = 32) -> None:
-        self._jobs: queue.Queue[_Job | None] = queue.Queue(depth)
+    def __init__(self, threads: int = 2, depth: int = 4) -> None:
+        # Small members go out in batches (fewer hand-overs and wake-ups per file); each
+        # batch is bounded in count and bytes, and ``depth`` batches wait at most, so open
+        # descriptors and buffered bytes stay bounded too.
+        self._jobs: queue.Queue[list[_Job] | None] = queue.Queue(depth)
+        self._batch: list[_Job] = []
+        self._batch_bytes = 0
         self._lock = threading.Lock()
         self._errors: dict[int, BaseException] = {}
+        self._first_error = sys.maxsize  # the index of the earliest failed member so far
         self._abandon = threading.Event()
         self._open: _Stream | None = None  # the stream the main thread is feeding
         self.submitted = 0
@@ -137,14 +146,25 @@ class WriterPool:
 
     def submit(self, entry: FileEntry, fd: int | None, data: bytes) -> None:
         """A member whose data is all here (one chunk at most): write, chmod, close, check."""
-        self._put(_Job(self.submitted, entry, fd, data))
+        self._batch.append(_Job(self.submitted, entry, fd, data))
+        self.submitted += 1
+        self._batch_bytes += len(data)
+        if len(self._batch) >= _BATCH_FILES or self._batch_bytes >= _BATCH_BYTES:
+            self._flush()
 
     def stream(self, entry: FileEntry, fd: int | None) -> _Stream:
         """A member too large to hold: put() its chunks, then close() (or abort())."""
+        self._flush()
         stream = _Stream()
-        self._put(_Job(self.submitted, entry, fd, stream))
+        self._jobs.put([_Job(self.submitted, entry, fd, stream)])
+        self.submitted += 1
         self._open = stream
         return stream
+
+    def _flush(self) -> None:
+        if self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self._jobs.put(batch)
 
     def end_stream(self, stream: _Stream, *, complete: bool) -> None:
         """The main thread is done feeding ``stream``: all of it, or it gave up."""
@@ -153,10 +173,6 @@ class WriterPool:
             stream.close()
         else:
             stream.abort()
-
-    def _put(self, job: _Job) -> None:
-        self.submitted += 1
-        self._jobs.put(job)
 
     @property
     def failed(self) -> bool:
@@ -178,6 +194,7 @@ class WriterPool:
             raise failure
 
     def _stop(self) -> None:
+        self._flush()
         for _ in self._threads:
             self._jobs.put(None)
         for t in self._threads:
@@ -203,26 +220,31 @@ class WriterPool:
 
     def _run(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
+            batch = self._jobs.get()
+            if batch is None:
                 return
-            try:
-                if self._abandon.is_set() or self._errors:
-                    # Abandoned, or an earlier failure decides anyway: do no more writing.
-                    raise _Aborted
-                digest = _fill(job.fd, job.entry, job.data)
-                if job.fd is not None:
-                    os.fchmod(job.fd, job.entry.mode)
-                MemberTracker.check_content(job.entry, digest)
-            except _Aborted:
-                _drain(job.data)
-            except BaseException as e:  # re-raised by the main thread in finish()
-                _drain(job.data)
-                with self._lock:
-                    self._errors[job.index] = e
-            finally:
-                if job.fd is not None:
-                    os.close(job.fd)
+            for job in batch:
+                self._do(job)
+
+    def _do(self, job: _Job) -> None:
+        try:
+            if self._abandon.is_set() or job.index > self._first_error:
+                # Abandoned, or an earlier member's failure is the one reported anyway.
+                raise _Aborted
+            digest = _fill(job.fd, job.entry, job.data)
+            if job.fd is not None:
+                os.fchmod(job.fd, job.entry.mode)
+            MemberTracker.check_content(job.entry, digest)
+        except _Aborted:
+            _drain(job.data)
+        except BaseException as e:  # re-raised by the main thread in finish()
+            _drain(job.data)
+            with self._lock:
+                self._errors[job.index] = e
+                self._first_error = min(self._first_error, job.index)
+        finally:
+            if job.fd is not None:
+                os.close(job.fd)
 
 
 def writer_threads(cpus: int | None = None) -> int:
