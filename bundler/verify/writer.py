@@ -26,6 +26,7 @@ from ..formats.manifest import FileEntry
 from .policy import MemberTracker
 
 _ZEROS: Final = bytes(CHUNK)
+_HOLE_MIN: Final = 64 << 10
 _BATCH_FILES: Final = 32
 _BATCH_BYTES: Final = 4 << 20
 
@@ -102,10 +103,10 @@ def _fill(fd: int | None, entry: FileEntry, data: bytes | _Stream) -> str:
         digest.update(chunk)
         if fd is None:
             continue
-        if len(chunk) == CHUNK and chunk == _ZEROS:
-            # A whole chunk of zeros becomes a hole: model files are often mostly zeros, and
-            # a hole reads back the same bytes without writing (or syncing) them.
-            os.lseek(fd, CHUNK, os.SEEK_CUR)
+        if len(chunk) >= _HOLE_MIN and _ZEROS.startswith(chunk):  # a memcmp, no copy
+            # A chunk of zeros becomes a hole: model files are often mostly zeros, and a
+            # hole reads back the same bytes without writing (or syncing) them.
+            os.lseek(fd, len(chunk), os.SEEK_CUR)
             holes = True
         else:
             _write_all(fd, chunk)
