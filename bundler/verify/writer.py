@@ -165,7 +165,13 @@ class WriterPool:
     def _flush(self) -> None:
         if self._batch:
             batch, self._batch, self._batch_bytes = self._batch, [], 0
-            self._jobs.put(batch)
+            try:
+                self._jobs.put(batch)
+            except BaseException:  # interrupted while waiting: no worker will close these
+                for job in batch:
+                    if job.fd is not None:
+                        os.close(job.fd)
+                raise
 
     def end_stream(self, stream: _Stream, *, complete: bool) -> None:
         """The main thread is done feeding ``stream``: all of it, or it gave up."""
