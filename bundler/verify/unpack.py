@@ -19,6 +19,7 @@ from typing import BinaryIO, Final, cast
 
 from ..errors import BundleError, IntegrityError, ResourceLimitError, escape
 from ..formats.archive import (
+    CHUNK,
     Header,
     OuterBundle,
     PayloadReader,
@@ -45,6 +46,7 @@ from ..preflight import free_space, require, unpack_need
 from ..progress import NullProgress, Progress
 from .policy import MemberTracker, Verified, check_rollback, verify_manifest
 from .trustpolicy import TrustPolicy, load_policy
+from .writer import WriterPool, join_chunks, writer_threads
 
 _STAGE_TAG: Final = ".airgap-stage-"
 _RENAME_EXCHANGE: Final = 2
@@ -237,12 +239,14 @@ def verify(
     with stream if stream is not None else open_bundle(bundle, trust=inputs.index_keys()) as f:
         opened = _open_checked(f, inputs, _now(now), limits, progress)
         progress.start("verifying files", opened.manifest.payload.unpacked_size)
-        for entry, chunks in _members(f, opened, limits):
-            digest = hashlib.sha256()
-            for chunk in chunks:
-                digest.update(chunk)
-                progress.advance(len(chunk))
-            MemberTracker.check_content(entry, digest.hexdigest())
+        # Hash-only jobs: the pool hashes while this thread parses and the reader's thread
+        # decompresses ahead.
+        _run_members(
+            f,
+            opened,
+            limits,
+            lambda pool, entry, chunks: _feed(pool, entry, None, chunks, progress),
+        )
         progress.finish()
         return opened.verified
 
@@ -318,6 +322,61 @@ def read_member(
             members.close()
         tracker.finish()  # unreachable for a listed member: names the one that is missing
         raise IntegrityError("listed in the manifest but missing", member=path)
+
+
+def _feed(
+    pool: WriterPool,
+    entry: FileEntry,
+    fd: int | None,
+    chunks: Iterator[bytes],
+    progress: Progress,
+) -> None:
+    """Hand one member's data to the pool: whole if it is one chunk, else streamed.
+
+    Owns ``fd`` (None: hash only): from here on the pool closes it, or this does on error.
+    """
+    if entry.size <= CHUNK:
+        try:
+            data = join_chunks(chunks)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        pool.submit(entry, fd, data)
+        progress.advance(len(data))
+        return
+    stream = pool.stream(entry, fd)
+    complete = False
+    try:
+        for chunk in chunks:
+            stream.put(chunk)
+            progress.advance(len(chunk))
+        complete = True
+    finally:
+        pool.end_stream(stream, complete=complete)
+
+
+def _run_members(
+    f: BinaryIO,
+    opened: Opened,
+    limits: Limits,
+    place: Callable[[WriterPool, FileEntry, Iterator[bytes]], None],
+) -> None:
+    """The write loop: every member admitted, then handed by ``place`` to a writer pool.
+
+    Returns once every member's content hash matched. Any failure, in this thread (a header,
+    a limit, a write) or in a worker (a hash, a write), is raised here, and it is the one on
+    the earliest member in payload order, as in a sequential unpack.
+    """
+    with WriterPool(writer_threads()) as pool:
+        try:
+            for entry, chunks in _members(f, opened, limits):
+                place(pool, entry, chunks)
+                if pool.failed:
+                    break  # a worker failed: stop reading, finish() names the failure
+        except Exception as e:
+            pool.finish(e)
+        pool.finish()
 
 
 # ---- unpacking --------------------------------------------------------------------------
@@ -407,6 +466,7 @@ class _Stage:
         self.root = root
         self._root_str = os.fspath(root)
         self._dirs: set[str] = {""}
+        self.pool: WriterPool | None = None  # set while the payload is written
 
     def _mkdirs(self, rel_dir: str) -> None:
         if rel_dir in self._dirs:
@@ -419,22 +479,14 @@ class _Stage:
         self._dirs.add(rel_dir)
 
     def write(self, entry: FileEntry, chunks: Iterator[bytes], progress: Progress) -> None:
+        """Create the member's file here, in payload order; the pool writes and checks it."""
+        if self.pool is None:
+            raise RuntimeError("_Stage.write outside _write_payload")
         self._mkdirs(entry.path.rpartition("/")[0])
         # O_EXCL and O_NOFOLLOW: the path must be new; nothing can redirect the write.
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(f"{self._root_str}/{entry.path}", flags, 0o600)
-        digest = hashlib.sha256()
-        try:
-            for chunk in chunks:
-                digest.update(chunk)
-                view = memoryview(chunk)
-                while view:  # write(2) may write less than asked
-                    view = view[os.write(fd, view) :]
-                progress.advance(len(chunk))
-            os.fchmod(fd, entry.mode)
-        finally:
-            os.close(fd)
-        MemberTracker.check_content(entry, digest.hexdigest())
+        _feed(self.pool, entry, fd, chunks, progress)
 
     def write_state(self, verified: Verified) -> None:
         self._mkdirs(STATE_DIR)
@@ -530,8 +582,7 @@ def unpack(
                 os.chmod(stage_root, 0o755)
                 stage = _Stage(stage_root)
                 progress.start("unpacking", opened.manifest.payload.unpacked_size)
-                for entry, chunks in _members(f, opened, limits):
-                    stage.write(entry, chunks, progress)
+                _write_payload(f, opened, stage, limits, progress)
                 progress.finish()
                 stage.write_state(opened.verified)
                 _syncfs(stage_root)
@@ -542,6 +593,21 @@ def unpack(
                 if stage_root is not None:
                     _remove(stage_root)
         return opened.verified
+
+
+def _write_payload(
+    f: BinaryIO, opened: Opened, stage: _Stage, limits: Limits, progress: Progress
+) -> None:
+    """Every member into the stage; returns once all are written and their hashes matched."""
+
+    def place(pool: WriterPool, entry: FileEntry, chunks: Iterator[bytes]) -> None:
+        stage.pool = pool
+        stage.write(entry, chunks, progress)
+
+    try:
+        _run_members(f, opened, limits, place)
+    finally:
+        stage.pool = None
 
 
 def _require_space(parent: Path, verified: Verified) -> None:
