@@ -151,8 +151,12 @@ def test_lock_target_and_bytecode_changes_miss(packer: Packer, tmp_path: Path) -
     packer.uses(proj)
     # A new lock entry: a new site-packages tree; the runtime's lock did not change.
     grown = make_project(tmp_path / "b", TABULATE + SIX)
-    uses, out = packer.uses(grown)
+    doc, out = packer.pack(grown)
+    uses = {t["tree"]: t["cache"] for t in doc["trees"]}
     assert uses == {"site-packages": "miss", "runtime/lib": "hit"}
+    # tabulate's bytecode came from the first tree (same files, same interpreter); only six
+    # was compiled. The bundle is still the one a cold pack writes.
+    assert [t["reused_bytecode"] for t in doc["trees"]] == [1, 0]
     assert out.read_bytes() == cold(packer, grown)
     # Another target: both trees are built again.
     other = make_project(tmp_path / "c", TABULATE, "manylinux_2_31_x86_64")
@@ -235,6 +239,42 @@ def test_tampered_entry_warns_rebuilds_and_matches_a_cold_pack(
     assert {t["tree"]: t["cache"] for t in doc["trees"]}["site-packages"] == "hit"
     assert doc["warnings"] == []
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_tampered_reused_bytecode_warns_rebuilds_and_matches_a_cold_pack(
+    packer: Packer, tmp_path: Path
+) -> None:
+    doc, _ = packer.pack(make_project(tmp_path / "a", TABULATE))
+    pyc = next((_site_entry(packer, doc) / "tabulate" / "__pycache__").glob("__init__.*.pyc"))
+    data = bytearray(pyc.read_bytes())
+    data[-1] ^= 1  # same size: only the writer's hash can tell
+    pyc.write_bytes(bytes(data))
+    grown = make_project(tmp_path / "b", TABULATE + SIX)
+    out = packer.work / f"reused-{tmp_path.name}.airgap"
+    proc = airgap(
+        "pack",
+        grown,
+        "-o",
+        out,
+        "--key",
+        "keys/airgap.key",
+        "--cache-dir",
+        packer.cache,
+        "-q",
+        cwd=packer.work,
+    )
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, proc.stderr
+    assert warnings[0].startswith("warning: tree cache: site-packages: site/tabulate/__pycache__/")
+    assert "reused from entry" in warnings[0] and warnings[0].endswith(
+        "rebuilding it from the wheels"
+    )
+    assert out.read_bytes() == cold(packer, grown)
+    # The donor was dropped with the tree that used it; the rebuilt tree is stored.
+    assert {e["tree"]: e["packages"] for e in packer.info()["entries"]}["site-packages"] == [
+        "six==1.17.0",
+        "tabulate==0.9.0",
+    ]
 
 
 def test_a_broken_record_is_a_miss(packer: Packer, tmp_path: Path) -> None:

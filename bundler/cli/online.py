@@ -260,7 +260,15 @@ def pack(
                 "ok": True,
                 "bundle": str(out),
                 "warnings": warnings,
-                "trees": [{"tree": t.label, "key": t.key, "cache": t.cache} for t in trees],
+                "trees": [
+                    {
+                        "tree": t.label,
+                        "key": t.key,
+                        "cache": t.cache,
+                        "reused_bytecode": t.reused_bytecode,
+                    }
+                    for t in trees
+                ],
                 **summary(manifest, out),
             }
         )

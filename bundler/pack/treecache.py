@@ -43,7 +43,7 @@ from ..progress import Progress
 from ..target import Target
 from . import sitetree
 from .assemble import SourceFile, normal_mode
-from .sitetree import Installed, build_site_tree, compile_bytecode
+from .sitetree import Installed, build_site_tree, compile_bytecode, source_groups
 
 CACHE_FORMAT: Final = "airgap-tree-cache/1"
 MAX_ENV: Final = "AIRGAP_TREE_CACHE_MAX"
@@ -76,6 +76,7 @@ class TreeReport:
     label: str
     key: str
     cache: CacheUse
+    reused_bytecode: int = 0  # distributions whose pycs came from another entry (a miss)
 
 
 # ---- sizes --------------------------------------------------------------------------------
@@ -183,6 +184,7 @@ class _Record:
     warnings: tuple[str, ...]
     files: RecordFiles
     size: int
+    groups: dict[str, tuple[str, ...]]  # bytecode group digest -> its pyc entry paths
 
 
 def _parse_record(data: bytes, key: str) -> _Record | None:
@@ -198,8 +200,11 @@ def _parse_record(data: bytes, key: str) -> _Record | None:
             files[path] = (size, mode, str(digest))
         installed = tuple(Installed(str(n), str(v)) for n, v in doc["installed"])
         warnings = tuple(str(w) for w in doc["warnings"])
-        return _Record(str(doc["label"]), installed, warnings, files, int(doc["size"]))
-    except (ValueError, KeyError, TypeError):
+        groups = {str(g): tuple(str(p) for p in pycs) for g, pycs in doc["groups"].items()}
+        if any(p not in files for pycs in groups.values() for p in pycs):
+            return None
+        return _Record(str(doc["label"]), installed, warnings, files, int(doc["size"]), groups)
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -230,6 +235,13 @@ def _listing(
     return found, payload, None
 
 
+def _pyc_path(source: str, tag: str) -> str:
+    """Where the interpreter with cache tag ``tag`` puts the pyc of ``source``."""
+    folder, _, name = source.rpartition("/")
+    pyc = f"__pycache__/{name[: -len('.py')]}.{tag}.pyc"
+    return f"{folder}/{pyc}" if folder else pyc
+
+
 def _differences(record: RecordFiles, listing: dict[str, tuple[int, int]]) -> str | None:
     """The first difference between an entry's record and its files, without hashing."""
     for path in sorted(record.keys() - listing.keys()):
@@ -250,6 +262,27 @@ def _write_json(path: Path, doc: object) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _link_all(src: Path, dest: Path, paths: Sequence[str]) -> bool:
+    """Hard-link (or copy) each entry path from ``src`` to ``dest``; all or none."""
+    done: list[Path] = []
+    try:
+        for rel in paths:
+            target = dest.joinpath(*rel.split("/"))
+            target.parent.mkdir(mode=0o755, exist_ok=True)
+            source = src.joinpath(*rel.split("/"))
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+            done.append(target)
+    except OSError:
+        for target in done:
+            with contextlib.suppress(OSError):
+                target.unlink()
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -375,6 +408,34 @@ class TreeCache:
             os.close(fd)
         return True
 
+    def borrow(
+        self, wanted: dict[str, list[str]], dest: Path
+    ) -> dict[str, tuple[str, dict[str, tuple[int, int, str]]]]:
+        """Hard-link (else copy) into ``dest`` the pycs of each wanted bytecode group some
+        entry holds (``wanted``: group digest -> its sources' entry paths).
+
+        Returns ``group digest -> (donor key, {entry path: (size, mode, sha256)})``: what
+        the linked files must hash to, as the donor's record says. Under the cache lock, so
+        no donor is evicted meanwhile; a group whose files cannot be linked is skipped.
+        """
+        found: dict[str, tuple[str, dict[str, tuple[int, int, str]]]] = {}
+        if not wanted:
+            return found
+        with self._locked():
+            for info in reversed(self.entries()):  # most recently used first
+                try:
+                    data = (self.root / info.key / "record.json").read_bytes()
+                except OSError:
+                    continue
+                record = _parse_record(data, info.key)
+                if record is None:
+                    continue
+                for digest in wanted.keys() & record.groups.keys() - found.keys():
+                    pycs = record.groups[digest]
+                    if _link_all(self.root / info.key, dest, pycs):
+                        found[digest] = (info.key, {p: record.files[p] for p in pycs})
+        return found
+
     def entries(self) -> list[EntryInfo]:
         """Every complete entry, least recently used first."""
         found: list[EntryInfo] = []
@@ -460,6 +521,9 @@ class _Tree:
     payload: dict[str, str] = field(default_factory=dict)  # payload path -> entry path
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     stored: bool = False  # a fresh tree now renamed into the cache
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # digest -> pyc paths
+    donors: frozenset[str] = frozenset()  # entries whose pycs were linked into this tree
+    reused: int = 0
 
 
 @dataclass
@@ -487,17 +551,26 @@ class BuiltTrees:
         """
         digests = {f.path: f.sha256 for f in manifest.files}
         bad: dict[str, str] = {}
+        keys: set[str] = set()
         for t in self.trees:
             if t.record is None:
                 continue
             for payload_path, rel in sorted(t.payload.items()):
-                if digests.get(payload_path) != t.record[rel][2]:
-                    bad[t.key] = f"{t.spec.label} entry {t.key[:16]}: {rel} was edited"
+                want = t.record.get(rel)
+                if want is not None and digests.get(payload_path) != want[2]:
+                    if t.cache == "hit":
+                        bad[t.key] = f"{t.spec.label} entry {t.key[:16]}: {rel} was edited"
+                    else:
+                        donors = ", ".join(sorted(d[:16] for d in t.donors))
+                        bad[t.key] = (
+                            f"{t.spec.label}: {rel}, reused from entry {donors}, was edited"
+                        )
+                    keys.update({t.key, *t.donors})
                     break
         if bad:
             raise CachedTreeMismatch(
                 "tree cache: " + "; ".join(bad.values()) + "; rebuilding it from the wheels",
-                keys=frozenset(bad),
+                keys=frozenset(keys),
             )
 
 
@@ -549,14 +622,21 @@ class _Session:
         return self._build(spec, key, "off" if self.cache is None else "miss")
 
     def rebuild(self, keys: frozenset[str]) -> None:
-        for i, t in enumerate(self.trees):
-            if t.key in keys:
+        """Drop entries ``keys`` (trees and bytecode donors) and rebuild the trees that
+        used them, this time compiling everything."""
+        for t in self.trees:
+            if t.key in keys or t.donors & keys:
                 self._release(t)
-                if self.cache is not None:
-                    self.cache.drop(t.key)
-                self.trees[i] = self._build(t.spec, t.key, "rebuilt")
+                if t.cache != "hit" and self.cache is not None:
+                    shutil.rmtree(t.folder, ignore_errors=True)
+        if self.cache is not None:
+            for key in sorted(keys):
+                self.cache.drop(key)
+        for i, t in enumerate(self.trees):
+            if t.key in keys or t.donors & keys:
+                self.trees[i] = self._build(t.spec, t.key, "rebuilt", reuse=False)
 
-    def _build(self, spec: TreeSpec, key: str, use: CacheUse) -> _Tree:
+    def _build(self, spec: TreeSpec, key: str, use: CacheUse, *, reuse: bool = True) -> _Tree:
         if self.cache is None:
             folder = self.work / f"tree-{len(self.trees)}-{key[:16]}"
             folder.mkdir()
@@ -565,21 +645,49 @@ class _Session:
         site = folder / spec.roots[0][0]
         prefix = folder / spec.roots[1][0] if len(spec.roots) > 1 else None
         warnings: list[str] = []
+        owners: dict[str, tuple[str, str]] = {}
         self.progress.start(f"building {spec.label}", len(spec.wheels), unit="wheels")
         installed = build_site_tree(
-            spec.wheels, self.target, site, prefix=prefix, warn=warnings.append
+            spec.wheels, self.target, site, prefix=prefix, warn=warnings.append, owners=owners
         )
         self.progress.advance(len(spec.wheels))
         self.progress.finish()
-        if self.python is not None:
-            self.progress.start(f"compiling bytecode ({spec.label})")
-            compile_bytecode(site, self.target, self.python)
-            self.progress.finish()
         t = _Tree(spec, key, folder, use, tuple(installed), tuple(warnings))
+        if self.python is not None:
+            self._bytecode(t, owners, reuse=reuse)
         t.sizes, t.payload, problem = _listing(folder, spec.roots)
         if problem is not None:  # our own installer never makes one
             raise SiteTreeError(f"built tree {spec.label}: {problem}")
         return self._emit(t)
+
+    def _bytecode(self, t: _Tree, owners: dict[str, tuple[str, str]], *, reuse: bool) -> None:
+        """Compile the tree's sources one group (distribution) at a time, taking the pycs
+        of a group another entry compiled from the very same files (same interpreter)."""
+        assert self.python is not None
+        root = t.spec.roots[0][0]
+        ident = interpreter_id(self.python)
+        tag = ident.split(" ", 1)[0]  # sys.implementation.cache_tag, e.g. cpython-311
+        groups: dict[str, list[str]] = {}  # digest -> sources (tree-relative)
+        for files in source_groups(owners).values():
+            doc = [CACHE_FORMAT, _INSTALLER_DIGEST, ident, files]
+            digest = hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
+            groups[digest] = [rel for rel, _ in files]
+        borrowed = {}
+        if reuse and self.cache is not None:
+            borrowed = self.cache.borrow(
+                {d: [f"{root}/{p}" for p in srcs] for d, srcs in groups.items()}, t.folder
+            )
+        t.record = {p: want for _, files in borrowed.values() for p, want in files.items()}
+        t.donors = frozenset(donor for donor, _ in borrowed.values())
+        t.reused = len(borrowed)
+        todo = [srcs for d, srcs in groups.items() if d not in borrowed]
+        self.progress.start(f"compiling bytecode ({t.spec.label})")
+        site = t.folder / root
+        compile_bytecode(site, self.target, self.python, groups=todo)
+        self.progress.finish()
+        for digest, srcs in groups.items():
+            pycs = [f"{root}/{_pyc_path(src, tag)}" for src in srcs]
+            t.groups[digest] = tuple(p for p in pycs if (t.folder / p).is_file())
 
     def _emit(self, t: _Tree) -> _Tree:
         for line in t.warnings:
@@ -608,6 +716,7 @@ class _Session:
                 "warnings": list(t.warnings),
                 "files": files,
                 "size": sum(size for size, _ in t.sizes.values()),
+                "groups": {d: list(p) for d, p in sorted(t.groups.items())},
             }
             t.stored = self.cache.insert(t.key, t.folder, record)
 
@@ -651,7 +760,7 @@ def build_and_write(
         session.store(manifest)
         if on_tree is not None:
             for t in session.trees:
-                on_tree(TreeReport(t.spec.label, t.key, t.cache))
+                on_tree(TreeReport(t.spec.label, t.key, t.cache, t.reused))
     finally:
         session.close()
     if cache is not None:
