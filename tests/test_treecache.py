@@ -198,6 +198,14 @@ def _chmod(entry: Path) -> None:
     (entry / "tabulate" / "__init__.py").chmod(0o755)
 
 
+def _record_packages(entry: Path) -> None:
+    # The record is not trusted either: the signed package list comes from the wheels.
+    record = entry.parent / "record.json"
+    doc = json.loads(record.read_text())
+    doc["installed"] = [["tabulate", "9.9.9"]]
+    record.write_text(json.dumps(doc))
+
+
 @pytest.mark.parametrize(
     ("tamper", "said"),
     [
@@ -206,8 +214,9 @@ def _chmod(entry: Path) -> None:
         (_add, "site/evil.pth was added"),
         (_remove, "site/tabulate/version.py was removed"),
         (_chmod, "tabulate/__init__.py changed size or mode"),
+        (_record_packages, "its record lists other distributions than the wheels"),
     ],
-    ids=["edited-same-size", "edited", "added", "removed", "chmod"],
+    ids=["edited-same-size", "edited", "added", "removed", "chmod", "record-packages"],
 )
 def test_tampered_entry_warns_rebuilds_and_matches_a_cold_pack(
     packer: Packer, tmp_path: Path, tamper: Any, said: str

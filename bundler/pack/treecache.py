@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+from packaging.utils import parse_wheel_filename
+
 from ..errors import CachedTreeMismatch, SiteTreeError, TreeCacheError, UsageError
 from ..formats.manifest import Manifest
 from ..progress import Progress
@@ -200,6 +202,8 @@ def _parse_record(data: bytes, key: str) -> _Record | None:
             files[path] = (size, mode, str(digest))
         installed = tuple(Installed(str(n), str(v)) for n, v in doc["installed"])
         warnings = tuple(str(w) for w in doc["warnings"])
+        if any(not w.isprintable() for w in warnings):
+            return None  # replayed on a terminal: never pass control characters through
         groups = {str(g): tuple(str(p) for p in pycs) for g, pycs in doc["groups"].items()}
         if any(p not in files for pycs in groups.values() for p in pycs):
             return None
@@ -233,6 +237,15 @@ def _listing(
                 found[f"{name}/{rel}"] = (st.st_size, normal_mode(st.st_mode))
                 payload[f"{prefix}/{rel}"] = f"{name}/{rel}"
     return found, payload, None
+
+
+def _installed(wheels: Sequence[Path]) -> tuple[Installed, ...]:
+    """What :func:`build_site_tree` returns for ``wheels``: names and versions, by name."""
+    found = []
+    for w in wheels:
+        name, version, _, _ = parse_wheel_filename(w.name)
+        found.append((name, w.name, Installed(name, str(version))))
+    return tuple(i for _, _, i in sorted(found))
 
 
 def _pyc_path(source: str, tag: str) -> str:
@@ -607,11 +620,16 @@ class _Session:
         got = self.cache.acquire(key) if self.cache is not None else None
         if got is not None and self.cache is not None:
             record, fd = got
-            t = _Tree(spec, key, self.cache.root / key, "hit", record.installed, record.warnings)
+            # The signed package list comes from the wheels (their names and versions are
+            # part of the key), not from the record.
+            installed = _installed(spec.wheels)
+            t = _Tree(spec, key, self.cache.root / key, "hit", installed, record.warnings)
             t.record, t.lock_fd = record.files, fd
             self.progress.start(f"{spec.label}: from the tree cache")
             t.sizes, t.payload, problem = _listing(t.folder, spec.roots)
             problem = problem or _differences(record.files, t.sizes)
+            if problem is None and record.installed != installed:
+                problem = "its record lists other distributions than the wheels"
             self.progress.finish()
             if problem is None:
                 return self._emit(t)
