@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ._common import cli, emit_json, funnel, human, json_option
+
+if TYPE_CHECKING:
+    from ..pack.treecache import EntryInfo
 
 _cache_dir_option = click.option(
     "--cache-dir",
@@ -29,7 +32,7 @@ def cache() -> None:
     """
 
 
-def _entry_json(e: Any) -> dict[str, Any]:
+def _entry_json(e: EntryInfo) -> dict[str, Any]:
     return {
         "key": e.key,
         "tree": e.label,

@@ -849,6 +849,9 @@ def compile_bytecode(
     else:
         batches = _group_batches(groups)
     workers = max(1, min(os.cpu_count() or 1, len(batches)))
+    # Largest batches first, so no core idles at the end behind one big batch; each batch
+    # is its own process, so the order they run in cannot change their pycs.
+    batches.sort(key=len, reverse=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lambda b: _compile_batch(python, tree, b), batches))
     # Exit 1 means some file did not compile (packages ship templates and py2-only test

@@ -736,7 +736,11 @@ class _Session:
                 "size": sum(size for size, _ in t.sizes.values()),
                 "groups": {d: list(p) for d, p in sorted(t.groups.items())},
             }
-            t.stored = self.cache.insert(t.key, t.folder, record)
+            try:
+                t.stored = self.cache.insert(t.key, t.folder, record)
+            except (OSError, TreeCacheError) as e:
+                # The bundle is written; a cache that cannot take the tree only costs time.
+                self.warn(f"tree cache: {t.spec.label} was not stored in {self.cache.root}: {e}")
 
 
 def build_and_write(
@@ -782,5 +786,8 @@ def build_and_write(
     finally:
         session.close()
     if cache is not None:
-        cache.evict()
+        try:
+            cache.evict()
+        except (OSError, TreeCacheError) as e:
+            warn(f"tree cache: could not trim {cache.root} to its bound: {e}")
     return manifest
