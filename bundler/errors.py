@@ -98,6 +98,22 @@ class SiteTreeError(BundleError):
     """A wheel could not be installed into the site-packages tree."""
 
 
+class TreeCacheError(BundleError):
+    """The cache of built site-packages trees cannot be used (its folder, its lock)."""
+
+
+class CachedTreeMismatch(BundleError):
+    """A cached tree's bytes differ from the cache's own record of them.
+
+    Raised while packing, before anything is signed; ``pack`` catches it, warns and rebuilds
+    the entry, so a user only sees the ``warning:`` line.
+    """
+
+    def __init__(self, message: str, *, keys: frozenset[str]) -> None:
+        super().__init__(message, remedy="the entry is rebuilt from the wheels")
+        self.keys = keys
+
+
 class KeyFileError(BundleError):
     """A key file cannot be read, decrypted or written."""
 

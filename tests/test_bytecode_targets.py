@@ -159,8 +159,7 @@ def _missing_minor() -> str:
 
 
 def test_pack_warns_when_no_interpreter_of_the_target_version_exists(tmp_path: Path) -> None:
-    from bundler.pack.pipeline import _bytecode_python, _compile_trees
-    from bundler.progress import NullProgress
+    from bundler.pack.pipeline import _bytecode_python
 
     missing = _missing_minor()
     warnings: list[str] = []
@@ -179,7 +178,7 @@ def test_pack_warns_when_no_interpreter_of_the_target_version_exists(tmp_path: P
     python = _bytecode_python(other_target, "auto", warnings.append)
     assert python is not None
     tree = _tree(tmp_path / "site")
-    _compile_trees(other_target, [tree], python, NullProgress())
+    compile_bytecode(tree, other_target, python)
     assert len(warnings) == 1
     assert _pycs(tree)
 

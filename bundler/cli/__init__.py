@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from ..errors import EXIT_ERROR
 from . import (  # noqa: F401 - importing them registers the commands
     audit,
+    cache,
     docker,
     isolated,
     kit,

@@ -161,7 +161,7 @@ def cli() -> None:
 
     \b
     Online side:    keygen, lock, pack, inspect, split (parts for media), kit (the tool
-                    itself, for an isolated host)
+                    itself, for an isolated host), cache (info, prune)
     Isolated side:  verify, unpack, serve (local), build / run / stop (Docker), audit
     Either side:    sign (co-sign a bundle; verify --policy counts N of M keys)
 

@@ -168,7 +168,19 @@ def keygen(
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Wheel cache (default: $AIRGAP_CACHE_DIR/wheels or ~/.cache/airgap-bundler/wheels).",
+    help="Wheel cache, with built trees in its trees/ (default: $AIRGAP_CACHE_DIR/wheels or "
+    "~/.cache/airgap-bundler/wheels).",
+)
+@click.option(
+    "--no-tree-cache",
+    is_flag=True,
+    help="Build site-packages and runtime/lib afresh; neither read nor fill the tree cache.",
+)
+@click.option(
+    "--tree-cache-max",
+    metavar="SIZE",
+    help="Bound of the tree cache, e.g. 2G (default: $AIRGAP_TREE_CACHE_MAX or 4G); least "
+    "recently used trees are removed after the pack.",
 )
 @click.option(
     "--find-links",
@@ -209,6 +221,8 @@ def pack(
     find_links: tuple[Path, ...],
     bytecode: str,
     split_size: int | None,
+    no_tree_cache: bool,
+    tree_cache_max: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -219,17 +233,21 @@ def pack(
       airgap pack examples/iris-sklearn -o iris.airgap --key keys/airgap.key
       SOURCE_DATE_EPOCH=1700000000 airgap pack proj -o proj.airgap --key k.key
     Downloads the locked wheels for the target (hash-checked, cached), builds the
-    site-packages tree, and writes one signed, zstd-compressed file. With the same
-    inputs and SOURCE_DATE_EPOCH the bundle is byte-identical. --split-size 4G then
-    writes it as parts with a signed index too (see `airgap split --help`).
+    site-packages tree (or takes it from the tree cache when the lock, target and bytecode
+    are unchanged; see `airgap cache info`), and writes one signed, zstd-compressed file.
+    With the same inputs and SOURCE_DATE_EPOCH the bundle is byte-identical. --split-size
+    4G then writes it as parts with a signed index too (see `airgap split --help`).
     """
     from ..pack.pipeline import BytecodeChoice
     from ..pack.pipeline import pack as do_pack
+    from ..pack.treecache import TreeReport, cache_for, parse_size
 
     passphrase = None
     if private_key_is_encrypted(key):
         passphrase = read_passphrase(passphrase_env, prompt="Key passphrase", confirm=False)
     warnings: list[str] = []
+    trees: list[TreeReport] = []
+    bound = None if tree_cache_max is None else parse_size(tree_cache_max)
     manifest = do_pack(
         project_dir,
         out,
@@ -244,9 +262,25 @@ def pack(
         find_links=find_links,
         warn=warnings.append,
         bytecode=cast("BytecodeChoice", bytecode),
+        tree_cache=None if no_tree_cache else cache_for(cache_dir, bound),
+        on_tree=trees.append,
     )
     if as_json:
-        info = {"ok": True, "bundle": str(out), "warnings": warnings, **summary(manifest, out)}
+        info = {
+            "ok": True,
+            "bundle": str(out),
+            "warnings": warnings,
+            "trees": [
+                {
+                    "tree": t.label,
+                    "key": t.key,
+                    "cache": t.cache,
+                    "reused_bytecode": t.reused_bytecode,
+                }
+                for t in trees
+            ],
+            **summary(manifest, out),
+        }
         if split_size is not None:
             info["split"] = split_and_report(out, split_size, key, passphrase, None, quiet, True)
         emit_json(info)

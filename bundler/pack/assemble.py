@@ -7,7 +7,7 @@ import io
 import os
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -145,10 +145,13 @@ def write_bundle(
     level: int = 3,
     threads: int = 0,
     progress: Progress | None = None,
+    check: Callable[[Manifest], None] | None = None,
 ) -> Manifest:
     """Write a signed bundle of ``files`` to ``out``; return its manifest.
 
     ``threads`` 0 means one per core; the output is the same for any thread count.
+    ``check`` sees the manifest (every file's hash, as written) before it is signed; if it
+    raises, nothing is signed and ``out`` is left as it was.
 
     Raises:
         UnsafeMemberError: a payload path is unsafe or two collide.
@@ -196,6 +199,8 @@ def write_bundle(
             ),
             files=tuple(entries),
         )
+        if check is not None:
+            check(manifest)
         data = manifest.to_bytes()
         writer.finish(data, sign(private_key, data))
     return manifest

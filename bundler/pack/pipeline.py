@@ -34,7 +34,8 @@ from .assemble import BundleMeta, SourceFile, collect_tree, normal_mode, write_b
 from .checks import check_pack
 from .lock import for_target, parse_lock, render_lock
 from .project import Project, load_project
-from .sitetree import build_site_tree, bytecode_interpreter, compile_bytecode
+from .sitetree import bytecode_interpreter
+from .treecache import BuiltTrees, TreeCache, TreeReport, TreeSpec, build_and_write
 from .wheels import PipDownloader, fetch_wheels
 
 # Whether site-packages ships .pyc files (see `airgap pack --help`).
@@ -175,6 +176,8 @@ def pack(
     find_links: Sequence[Path] = (),
     warn: Callable[[str], None] | None = None,
     bytecode: BytecodeChoice = "auto",
+    tree_cache: TreeCache | None = None,
+    on_tree: Callable[[TreeReport], None] | None = None,
 ) -> mf.Manifest:
     """Build the bundle for the project in ``project_dir`` and write it to ``out``.
 
@@ -185,9 +188,13 @@ def pack(
     the tree ships without bytecode because no interpreter of the target's version exists
     here. Library code never prints: the CLI prints these as ``warning: ...``.
 
+    ``tree_cache``: where built trees (site-packages and prefix, runtime/lib, with their
+    bytecode) are reused from and stored (:mod:`bundler.pack.treecache`); None builds them
+    afresh. A bundle is byte-identical either way. ``on_tree`` hears how each was obtained.
+
     Raises:
         ProjectError (also: the entry script or target cannot serve, every problem listed),
-        LockError, DownloadError, SiteTreeError, KeyFileError,
+        LockError, DownloadError, SiteTreeError, KeyFileError, TreeCacheError,
         EngineUnavailableError (only with ``include_base_image``), BundleError.
     """
     progress = progress or NullProgress()
@@ -205,50 +212,65 @@ def pack(
         work = Path(tmp)
         wheels = fetch_wheels(reqs, target, cache_dir=cache_dir, progress=progress, source=source)
         runtime_wheels = fetch_wheels(runtime_reqs, target, cache_dir=cache_dir, progress=progress)
-        progress.start("building site-packages", len(wheels) + len(runtime_wheels), unit="wheels")
-        prefix = work / "prefix"
-        installed = build_site_tree(wheels, target, work / "site", prefix=prefix, warn=warn)
-        progress.advance(len(wheels))
-        # The runtime is started as `python -m`: its console scripts are not needed.
-        build_site_tree(runtime_wheels, target, work / "runtime-lib")
-        progress.advance(len(runtime_wheels))
-        progress.finish()
-        if python is not None:
-            _compile_trees(target, [work / "site", work / "runtime-lib"], python, progress)
         base, base_files = _base_image(project, include_base_image, work)
-        files: list[SourceFile] = [
-            *_app_files(project),
-            *_model_files(project),
-            *collect_tree(work / "site", SITE_DIR, skip_pycache=False),
-            *(collect_tree(prefix, PREFIX_DIR) if prefix.is_dir() else []),
-            *runtime_sources(),
-            *collect_tree(work / "runtime-lib", RUNTIME_LIB, skip_pycache=False),
-            *base_files,
+
+        def write(trees: BuiltTrees) -> mf.Manifest:
+            files: list[SourceFile] = [
+                *_app_files(project),
+                *_model_files(project),
+                *trees.files,
+                *runtime_sources(),
+                *base_files,
+            ]
+            has_prefix = any(f.path.startswith(PREFIX_DIR + "/") for f in files)
+            files.extend(_dockerfiles(project, base, created, has_prefix=has_prefix))
+            if project.mode == "dynamic" or include_wheels:
+                files.extend(_wheel_files(wheels, render_lock(reqs)))
+            sbom_trees = {
+                SITE_DIR: (trees.folder(SITE_DIR, "site"), wheels),
+                RUNTIME_LIB: (trees.folder(RUNTIME_LIB, "site"), runtime_wheels),
+            }
+            files.append(_sbom_file(project, created, base, files, sbom_trees, progress))
+            installed = trees.installed(SITE_DIR)
+            meta = BundleMeta(
+                name=project.name,
+                version=project.version,
+                created=created,
+                expires=project.expires_at(created),
+                target=_to_manifest_target(target),
+                entry_script=f"{APP_DIR}/{project.entry_script.name}",
+                mode=project.mode,
+                env=dict(project.env),
+                packages=tuple(mf.Package(name=n, version=v) for n, v in sorted(installed)),
+                base_image=base,
+                smoke=project.smoke,
+            )
+            return write_bundle(
+                out,
+                files,
+                meta,
+                private_key,
+                level=level,
+                threads=threads,
+                progress=progress,
+                check=trees.check,
+            )
+
+        # The runtime is started as `python -m`: its console scripts (a prefix) are not needed.
+        specs = [
+            TreeSpec(SITE_DIR, tuple(wheels), (("site", SITE_DIR), ("prefix", PREFIX_DIR))),
+            TreeSpec(RUNTIME_LIB, tuple(runtime_wheels), (("site", RUNTIME_LIB),)),
         ]
-        has_prefix = any(f.path.startswith(PREFIX_DIR + "/") for f in files)
-        files.extend(_dockerfiles(project, base, created, has_prefix=has_prefix))
-        if project.mode == "dynamic" or include_wheels:
-            files.extend(_wheel_files(wheels, render_lock(reqs)))
-        trees = {
-            SITE_DIR: (work / "site", wheels),
-            RUNTIME_LIB: (work / "runtime-lib", runtime_wheels),
-        }
-        files.append(_sbom_file(project, created, base, files, trees, progress))
-        meta = BundleMeta(
-            name=project.name,
-            version=project.version,
-            created=created,
-            expires=project.expires_at(created),
-            target=_to_manifest_target(target),
-            entry_script=f"{APP_DIR}/{project.entry_script.name}",
-            mode=project.mode,
-            env=dict(project.env),
-            packages=tuple(mf.Package(name=n, version=v) for n, v in sorted(installed)),
-            base_image=base,
-            smoke=project.smoke,
-        )
-        return write_bundle(
-            out, files, meta, private_key, level=level, threads=threads, progress=progress
+        return build_and_write(
+            specs,
+            write,
+            cache=tree_cache,
+            target=target,
+            python=python,
+            work=work,
+            progress=progress,
+            warn=warn,
+            on_tree=on_tree,
         )
 
 
@@ -363,14 +385,6 @@ def _bytecode_python(
             "where that Python exists: --bytecode require or none make it machine-independent)"
         )
     return None
-
-
-def _compile_trees(target: Target, trees: Sequence[Path], python: Path, progress: Progress) -> None:
-    """PEP 552 bytecode for ``target`` in each tree, compiled by ``python``."""
-    progress.start("compiling bytecode")
-    for tree in trees:
-        compile_bytecode(tree, target, python)
-    progress.finish()
 
 
 def _wheel_files(wheels: Sequence[Path], requirements: str) -> list[SourceFile]:

@@ -118,6 +118,9 @@ class _Tree:
     root: Path
     owners: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (dist, sha256)
     folded: dict[str, str] = field(default_factory=dict)  # fold_name(path) -> path
+    # Folders known to exist ("" is the root): one stat per new folder, not one per file.
+    folders: set[str] = field(default_factory=lambda: {""})
+    files: list[str] = field(default_factory=list)  # every file written, for _set_times
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ def build_site_tree(
     mtime: int = ZIP_EPOCH,
     prefix: Path | None = None,
     warn: Warn | None = None,
+    owners: dict[str, tuple[str, str]] | None = None,
 ) -> list[Installed]:
     """Install ``wheels`` into ``dest`` as a site-packages tree for ``target``.
 
@@ -162,7 +166,8 @@ def build_site_tree(
     ``.data/data`` file for another Python's site-packages.
 
     ``dest`` and ``prefix`` must be absent or empty; what was created here is removed
-    again if the build fails.
+    again if the build fails. ``owners``, when given, receives every file of ``dest`` as
+    ``path -> (distribution, sha256)`` (what :func:`source_groups` needs).
 
     Returns:
         The installed distributions, sorted by name.
@@ -191,18 +196,22 @@ def build_site_tree(
         dest.chmod(_DIR_MODE)
         build = _Build(
             site=_Tree(dest),
-            prefix=None if prefix is None else _Tree(prefix),
+            prefix=None
+            if prefix is None
+            else _Tree(prefix, folders={""} if prefix.is_dir() else set()),
             python=target.python,
             warn=warn or (lambda _line: None),
         )
         installed = [_install(w, build) for w in infos]
-        for root in roots:
-            if root.is_dir():
-                _set_times(root, mtime)
+        for tree in (build.site, build.prefix):
+            if tree is not None and tree.root.is_dir():
+                _set_times(tree, mtime)
     except BaseException:
         for root in created:
             shutil.rmtree(root, ignore_errors=True)
         raise
+    if owners is not None:
+        owners.update(build.site.owners)
     return installed
 
 
@@ -540,6 +549,7 @@ def _write_reader(tree: _Tree, rel: str, reader: _MemberReader | _BytesReader, m
     with _create(_prepare(tree, rel), mode, rel) as out:
         for chunk in reader.chunks():
             out.write(chunk)
+    tree.files.append(rel)
 
 
 def _put_prefix(
@@ -635,26 +645,36 @@ def _launchers(
 def _write_bytes(tree: _Tree, rel: str, data: bytes) -> str:
     with _create(_prepare(tree, rel), 0o644, rel) as out:
         out.write(data)
+    tree.files.append(rel)
     return hashlib.sha256(data).hexdigest()
 
 
 def _prepare(tree: _Tree, rel: str) -> Path:
     """The absolute path for ``rel``, with its parent folders made (mode 0o755)."""
     path = tree.root.joinpath(*rel.split("/"))
-    parent = path.parent
-    missing: list[Path] = []
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for folder in reversed(missing):
+    parent_rel = rel.rpartition("/")[0]
+    if parent_rel in tree.folders:
+        return path
+    missing: list[str] = []
+    while parent_rel not in tree.folders:
+        missing.append(parent_rel)
+        if not parent_rel:
+            break  # the root itself (a prefix is made on its first file)
+        parent_rel = parent_rel.rpartition("/")[0]
+    for folder_rel in reversed(missing):
+        folder = tree.root.joinpath(*folder_rel.split("/")) if folder_rel else tree.root
         try:
-            folder.mkdir()
+            if folder_rel:
+                folder.mkdir()
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise SiteTreeError(
-                f"cannot create folder {folder.relative_to(tree.root).as_posix()}: {e.strerror}",
+                f"cannot create {rel}: its folder {folder_rel or '.'}: {e.strerror}",
                 remedy="two wheels disagree on whether this is a file or a folder",
             ) from e
         folder.chmod(_DIR_MODE)  # explicit, so the umask cannot change the tree
+        tree.folders.add(folder_rel)
     return path
 
 
@@ -712,11 +732,14 @@ def _b64(digest: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def _set_times(root: Path, mtime: int) -> None:
-    """Every file and folder gets the same time; folders last, as writing changes them."""
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        for name in filenames + dirnames:
-            os.utime(Path(dirpath, name), (mtime, mtime), follow_symlinks=False)
+def _set_times(tree: _Tree, mtime: int) -> None:
+    """Every file and folder gets the same time; folders last, deepest first, as writing
+    changes them. The paths are the ones written, so no walk of the tree is needed."""
+    root = tree.root
+    for rel in tree.files:
+        os.utime(root.joinpath(*rel.split("/")), (mtime, mtime), follow_symlinks=False)
+    for rel in sorted(tree.folders - {""}, key=lambda r: (-r.count("/"), r)):
+        os.utime(root.joinpath(*rel.split("/")), (mtime, mtime), follow_symlinks=False)
     os.utime(root, (mtime, mtime))
 
 
@@ -746,6 +769,29 @@ sys.exit(failed)
 # which made 3 of pip's 491 pycs differ between two runs on 3.8; fixed batches compiled in
 # sorted order do not.
 COMPILE_BATCHES: Final = 16
+# With groups (one per distribution, see source_groups), each group is split into batches of
+# about this many sources on its own, so a distribution's pycs depend only on its own files
+# and the interpreter: the tree cache can then reuse them in a tree with other neighbours.
+GROUP_BATCH: Final = 256
+
+
+def source_groups(owners: dict[str, tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """The tree's ``.py`` files by owning distribution: ``dist -> [(path, sha256)]``,
+    sorted (``owners`` as :func:`build_site_tree` fills it)."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for rel, (dist, digest) in sorted(owners.items()):
+        if rel.endswith(".py"):
+            groups.setdefault(dist, []).append((rel, digest))
+    return dict(sorted(groups.items()))
+
+
+def _group_batches(groups: Sequence[Sequence[str]]) -> list[list[str]]:
+    batches: list[list[str]] = []
+    for group in groups:
+        ordered = sorted(group)
+        count = max(1, -(-len(ordered) // GROUP_BATCH))
+        batches.extend(ordered[i::count] for i in range(count))
+    return batches
 
 
 def bytecode_interpreter(target: Target) -> Path | None:
@@ -766,7 +812,13 @@ def bytecode_interpreter(target: Target) -> Path | None:
         return None
 
 
-def compile_bytecode(tree: Path, target: Target, python: Path | None = None) -> bool:
+def compile_bytecode(
+    tree: Path,
+    target: Target,
+    python: Path | None = None,
+    *,
+    groups: Sequence[Sequence[str]] | None = None,
+) -> bool:
     """Add PEP 552 hash-based ``.pyc`` files for ``target`` to ``tree``.
 
     Without them every start of a read-only mounted tree recompiles every module (seconds
@@ -776,6 +828,10 @@ def compile_bytecode(tree: Path, target: Target, python: Path | None = None) -> 
     :func:`bytecode_interpreter`) in a child process with PYTHONHASHSEED=0, since set and
     frozenset constants are marshalled in hash order; with that, the same source gives the
     same bytes, and paths in them are relative to the tree.
+
+    ``groups``: compile only these tree-relative sources, each group in batches of its own
+    (:data:`GROUP_BATCH`), so a group's pycs are the same whatever else the tree holds; the
+    processes run on every core, and the output is the same for any core count.
 
     Returns:
         True when bytecode was written; False when no interpreter of the target's version
@@ -787,9 +843,15 @@ def compile_bytecode(tree: Path, target: Target, python: Path | None = None) -> 
     python = python or bytecode_interpreter(target)
     if python is None:
         return False
-    sources = _python_sources(tree)
-    batches = [sources[i::COMPILE_BATCHES] for i in range(COMPILE_BATCHES)]
-    workers = min(os.cpu_count() or 1, COMPILE_BATCHES)
+    if groups is None:
+        sources = _python_sources(tree)
+        batches = [sources[i::COMPILE_BATCHES] for i in range(COMPILE_BATCHES)]
+    else:
+        batches = _group_batches(groups)
+    workers = max(1, min(os.cpu_count() or 1, len(batches)))
+    # Largest batches first, so no core idles at the end behind one big batch; each batch
+    # is its own process, so the order they run in cannot change their pycs.
+    batches.sort(key=len, reverse=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lambda b: _compile_batch(python, tree, b), batches))
     # Exit 1 means some file did not compile (packages ship templates and py2-only test
