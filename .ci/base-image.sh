@@ -11,6 +11,9 @@
 # Environment:
 #   BASE_IMAGE       image reference to create (default: airgap-test/bookworm-python:latest)
 #   BASE_IMAGE_CACHE cache folder (default: ~/.cache/airgap-bundler/base-images)
+#   BASE_PACKAGES    comma-separated packages (default: python3,python3-pip); anything else
+#                    than the default skips the python checks (the fleet tests' HAProxy image:
+#                    BASE_IMAGE=airgap-test/bookworm-haproxy:latest BASE_PACKAGES=haproxy)
 #   FORCE=1          rebuild the image even when the engine already has it
 set -eu
 
@@ -18,7 +21,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 image="${BASE_IMAGE:-airgap-test/bookworm-python:latest}"
 cache="${BASE_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airgap-bundler/base-images}"
 suite=bookworm
-packages="python3,python3-pip"
+packages="${BASE_PACKAGES:-python3,python3-pip}"
 want_python="3.11"
 
 say() { printf 'base-image: %s\n' "$*" >&2; }
@@ -49,7 +52,9 @@ Acquire::http::Proxy \"$http_proxy_opt\";"
 Acquire::https::Proxy \"$https_proxy_opt\";"
 
 key=$(printf '%s\n%s\n%s\n' "$sources" "$packages" "$aptopts" | cat - "$0" | sha256sum | cut -c1-16)
-tarball="$cache/$suite-python-$key.tar"
+flavour=python
+[ "$packages" = "python3,python3-pip" ] || flavour=$(printf '%s' "$packages" | tr -c 'a-z0-9\n' '-')
+tarball="$cache/$suite-$flavour-$key.tar"
 
 if [ ! -s "$tarball" ]; then
     if ! command -v mmdebstrap >/dev/null 2>&1; then
@@ -59,7 +64,7 @@ if [ ! -s "$tarball" ]; then
     fi
     mkdir -p "$cache"
     # mmdebstrap picks its output format from the name: keep the .tar suffix.
-    tmp="$cache/.tmp-$$-$suite-python-$key.tar"
+    tmp="$cache/.tmp-$$-$suite-$flavour-$key.tar"
     trap 'rm -rf "$tmp"' EXIT
     aptconf="$cache/apt-$key.conf"
     printf '%s\n' "$aptopts" >"$aptconf"
@@ -91,10 +96,14 @@ say "importing $tarball as $image"
 docker import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
-    --change 'CMD ["python3"]' \
+    --change "CMD [\"$(printf '%s' "$packages" | cut -d, -f1)\"]" \
     --message "bookworm minbase + $packages (mmdebstrap, key $key)" \
     "$tarball" "$image" >/dev/null
 
+if [ "$packages" != "python3,python3-pip" ]; then
+    say "ready: $image ($(docker image inspect --format '{{.Id}}' "$image"))"
+    exit 0
+fi
 got=$(docker run --rm --network none "$image" python3 -c \
     'import sys; print("%d.%d" % sys.version_info[:2])')
 if [ "$got" != "$want_python" ]; then

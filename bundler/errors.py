@@ -227,6 +227,14 @@ class ImageBuildError(BundleError):
     """The image could not be built or loaded."""
 
 
+class RegistryError(BundleError):
+    """An in-network registry refused a push, or holds something other than what was built."""
+
+
+class OrchestratorError(BundleError):
+    """Docker Swarm (or another orchestrator) refused or failed a deployment."""
+
+
 class ContainerError(BundleError):
     """The container did not become healthy, or could not be started or stopped."""
 

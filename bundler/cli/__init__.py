@@ -13,6 +13,7 @@ from . import (  # noqa: F401 - importing them registers the commands
     audit,
     cache,
     docker,
+    fleet,
     isolated,
     kit,
     online,

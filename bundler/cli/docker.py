@@ -40,6 +40,12 @@ from .ops import own_server_extras, smoke_after_start, smoke_flag, smoke_spec_fo
     help="normal: for --mode mounted/dynamic; baked: packages inside; auto: what the "
     "bundle's mode runs with.",
 )
+@click.option(
+    "--fleet",
+    is_flag=True,
+    help="Also build the data-only images (site-packages, prefix, model) that `airgap push` "
+    "sends to a registry for Kubernetes.",
+)
 @recheck_trust
 @policy_option
 @click.option("-q", "--quiet", is_flag=True, help="Do not show the build log.")
@@ -49,6 +55,7 @@ def build_cmd(
     dest: Path,
     tag: str | None,
     variant: str,
+    fleet: bool,
     trust: tuple[Path, ...],
     policy: Path | None,
     quiet: bool,
@@ -60,6 +67,7 @@ def build_cmd(
     Example:
       airgap build /srv/iris
       airgap build /srv/iris --tag iris:prod --variant all
+      airgap build /srv/iris --variant all --fleet     # then: airgap push
     The base image must be in the engine with the digest the bundle pins; when it is
     not, it is loaded from DEST/docker/base-image.tar (pack --include-base-image).
     Nothing is pulled. Every file sent to the engine is checked against the manifest.
@@ -74,6 +82,7 @@ def build_cmd(
         trust=trust or None,
         policy=policy,
         on_line=None if quiet or as_json else to_stderr,
+        fleet=fleet,
     )
     if as_json:
         emit_json(

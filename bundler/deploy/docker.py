@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import io
 import os
 import ssl
 import tarfile
@@ -52,14 +53,19 @@ from ..preflight import Need, build_need, free_space, require, tree_need
 from ..verify.tree import check_unpacked, open_regular
 from .authkeys import CONTAINER_KEY_PATH, check_container_key_file
 from .dockerfile import (
+    DATAFILE,
     IMAGE_USER,
     LABEL_REVISION,
     LABEL_VARIANT,
     REVISION_ARG,
+    DataKind,
     Variant,
+    data_roots,
+    data_tag,
     default_tag,
     dockerfile_base,
     health_probe,
+    render_data_dockerfile,
     variant_tag,
 )
 from .engine import (
@@ -73,6 +79,7 @@ from .engine import (
 from .hostcheck import require as require_host
 from .hostprobe import engine_facts, image_facts
 from .local import client_host
+from .records import BuiltRecord, write_built
 
 # The runtime's metrics port inside the container (published on the host's --metrics-port).
 CONTAINER_METRICS_PORT: Final = 9464
@@ -106,7 +113,7 @@ def _connect(engine: Engine | None) -> Engine:
 class BuiltImage:
     """One image `airgap build` made."""
 
-    variant: Variant
+    variant: str  # "normal", "baked", or (with --fleet) "data", "data-init"
     tag: str
     image_id: str
     seconds: float
@@ -278,8 +285,14 @@ def build(
     engine: Engine | None = None,
     on_line: LineSink | None = None,
     policy: Path | None = None,
+    fleet: bool = False,
 ) -> BuildResult:
     """Build the image(s) of the bundle unpacked at ``dest`` with networking disabled.
+
+    ``fleet`` also builds the data-only images (site-packages, prefix and model; see
+    :func:`bundler.deploy.dockerfile.render_data_dockerfile`) that `airgap push` sends to a
+    registry for Kubernetes. Every image built is recorded in DEST/.airgap/images.json, which
+    `airgap push` checks the registry's copy against.
 
     ``variant`` "auto" builds what `airgap run DEST` needs by default: the baked image for a
     baked-mode bundle, else the normal one (used by the mounted and dynamic modes). The
@@ -329,6 +342,13 @@ def build(
                 on_line=on_line,
             )
         images.append(BuiltImage(v, want, image_id, time.monotonic() - start))
+    if fleet:
+        images += _build_data_images(eng, dest, manifest, on_line)
+    write_built(
+        dest,
+        manifest.payload.sha256,
+        [BuiltRecord(i.variant, i.tag, i.image_id) for i in images],
+    )
     return BuildResult(
         name=manifest.name,
         version=manifest.version,
@@ -338,6 +358,50 @@ def build(
         base_loaded=base_loaded,
         images=tuple(images),
     )
+
+
+def _build_data_images(
+    eng: Engine, dest: Path, manifest: Manifest, on_line: LineSink | None
+) -> list[BuiltImage]:
+    """The data and data-init images: the listed parts, re-hashed while the context is made."""
+    assert manifest.base_image is not None
+    has_prefix = any(f.path.startswith(PREFIX_DIR + "/") for f in manifest.files)
+    roots = data_roots(has_prefix)
+    chosen = [f for f in manifest.files if f.path.split("/", 1)[0] in roots]
+    built = []
+    kinds: tuple[DataKind, ...] = ("data", "data-init")
+    for kind in kinds:
+        text = render_data_dockerfile(
+            manifest.name,
+            manifest.version,
+            manifest.created,
+            has_prefix=has_prefix,
+            kind=kind,
+            base_digest=manifest.base_image.digest,
+        ).encode()
+        want = data_tag(manifest.name, manifest.version, kind)
+        start = time.monotonic()
+        with tempfile.TemporaryFile(prefix="airgap-context-") as ctx:
+            with tarfile.open(fileobj=ctx, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                info = tarfile.TarInfo(DATAFILE)
+                info.size, info.mode, info.mtime = len(text), 0o644, manifest.created
+                tar.addfile(info, io.BytesIO(text))
+                for root in roots:
+                    d = tarfile.TarInfo(root)
+                    d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, manifest.created
+                    tar.addfile(d)
+                for entry in chosen:
+                    _add_verified(tar, dest, entry, manifest.created)
+            ctx.seek(0)
+            image_id = eng.build(
+                ctx,
+                dockerfile=DATAFILE,
+                tag=want,
+                buildargs={REVISION_ARG: manifest.payload.sha256},
+                on_line=on_line,
+            )
+        built.append(BuiltImage(kind, want, image_id, time.monotonic() - start))
+    return built
 
 
 def context_files(manifest: Manifest, variant: Variant) -> list[FileEntry]:

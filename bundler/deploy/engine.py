@@ -18,7 +18,14 @@ import docker.errors
 import docker.types
 import requests.exceptions
 
-from ..errors import BundleError, ContainerError, EngineUnavailableError, ImageBuildError
+from ..errors import (
+    BundleError,
+    ContainerError,
+    EngineUnavailableError,
+    ImageBuildError,
+    OrchestratorError,
+    RegistryError,
+)
 from ..layout import SCORING_PORT
 
 LOCAL_RUNNER_HINT: Final = "or serve without Docker: airgap serve DEST (or airgap run DEST --local)"
@@ -304,6 +311,61 @@ class DockerEngine:
         found.sort(key=lambda i: int(i.get("Created", 0)), reverse=True)
         return [str(i["Id"]) for i in found]
 
+    def tag_image(self, image: str, repository: str, tag: str) -> None:
+        """Give ``image`` (an ID or reference) the name ``repository:tag``."""
+        with _translated(f"tag {image} as {repository}:{tag}", RegistryError):
+            self._api.tag(image, repository, tag=tag, force=True)
+
+    def push_image(
+        self,
+        repository: str,
+        tag: str,
+        *,
+        auth: Mapping[str, str] | None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> str:
+        """Push ``repository:tag``; return the manifest digest the registry answered with.
+
+        ``auth`` ({"username", "password"} or {"identitytoken"}) is sent to the engine only;
+        None lets the engine use its own configuration (~/.docker/config.json).
+
+        Raises:
+            RegistryError: the engine or the registry refused the push.
+        """
+        digest: str | None = None
+        with _translated(f"push {repository}:{tag}", RegistryError):
+            stream = self._api.push(
+                repository,
+                tag=tag,
+                auth_config=dict(auth) if auth else None,
+                stream=True,
+                decode=True,
+            )
+            for item in stream:
+                if not isinstance(item, dict):
+                    continue
+                err = _stream_errors(item)
+                if err:
+                    raise RegistryError(
+                        f"pushing {repository}:{tag} failed: {err}",
+                        remedy="check the registry address, its TLS certificate "
+                        "(/etc/docker/certs.d/HOST:PORT/ca.crt) and the credentials",
+                    )
+                aux = item.get("aux")
+                if isinstance(aux, dict) and isinstance(aux.get("Digest"), str):
+                    digest = aux["Digest"]
+                status = item.get("status")
+                if on_line is not None and isinstance(status, str) and "id" not in item:
+                    on_line(status)
+        if digest is None:
+            raise RegistryError(f"the engine reported no digest for the push of {repository}:{tag}")
+        return digest
+
+    @property
+    def client(self) -> Any:
+        """The docker SDK client, for the Swarm module (services are not in the Protocol)."""
+        return self._client
+
     def remove_image(self, ref: str) -> None:
         """Remove an image (tests and benchmarks use this to start from a fresh engine)."""
         with (
@@ -453,6 +515,185 @@ class DockerEngine:
         with _translated("ask the engine its data root", EngineUnavailableError):
             root = self._client.info().get("DockerRootDir")
         return str(root) if root else None
+
+
+# ---- Docker Swarm services ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A replicated Swarm service of one image, with a health check and safe rollouts."""
+
+    name: str
+    image: str  # repository@sha256:...: pinned, so a moved tag changes nothing
+    replicas: int
+    published_port: int | None  # None: nothing published (dnsrr behind the site's balancer)
+    target_port: int
+    health_argv: tuple[str, ...]
+    endpoint_mode: str = "vip"  # vip: Swarm's routing mesh (needs IPVS); dnsrr: DNS only
+    networks: tuple[str, ...] = ()  # overlay networks to join
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    mounts: tuple[BindMount, ...] = ()
+    user: str = "10001:10001"
+    health_interval: float = 2.0
+    health_start: float = 120.0
+    stop_grace: float = 30.0
+    monitor: float = 10.0  # how long a new task must stay healthy before the next one moves
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task (replica) of a service, as the Swarm reports it."""
+
+    id: str
+    slot: int | None
+    state: str  # running, starting, shutdown, failed, ...
+    desired: str
+    image: str
+    container: str | None
+    error: str
+
+
+_NS: Final = 1_000_000_000
+
+
+def _service_parts(spec: ServiceSpec) -> dict[str, Any]:
+    health = docker.types.Healthcheck(
+        test=["CMD", *spec.health_argv],
+        interval=int(spec.health_interval * _NS),
+        timeout=int(max(spec.health_interval, 2.0) * _NS),
+        retries=3,
+        start_period=int(spec.health_start * _NS),
+    )
+    container = docker.types.ContainerSpec(
+        spec.image,
+        env=[f"{k}={v}" for k, v in sorted(spec.env.items())],
+        user=spec.user,
+        labels=dict(spec.labels),
+        mounts=[
+            docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only)
+            for m in spec.mounts
+        ]
+        + [docker.types.Mount("/tmp", None, type="tmpfs")],  # noqa: S108 - per container
+        stop_grace_period=int(spec.stop_grace * _NS),
+        read_only=True,
+        healthcheck=health,
+        cap_drop=["ALL"],
+    )
+    template = docker.types.TaskTemplate(
+        container_spec=container,
+        restart_policy=docker.types.RestartPolicy(condition="any", delay=int(1 * _NS)),
+        # In the task template: Swarm refuses to update services given networks at the top.
+        networks=list(spec.networks) or None,
+    )
+    update = docker.types.UpdateConfig(
+        parallelism=1,
+        delay=0,
+        failure_action="rollback",
+        monitor=int(spec.monitor * _NS),
+        max_failure_ratio=0,
+        order="start-first",
+    )
+    rollback = docker.types.RollbackConfig(
+        parallelism=1,
+        delay=0,
+        failure_action="pause",
+        monitor=int(spec.monitor * _NS),
+        order="start-first",
+    )
+    return {
+        "task_template": template,
+        "labels": dict(spec.labels),
+        "mode": docker.types.ServiceMode("replicated", replicas=spec.replicas),
+        "update_config": update,
+        "rollback_config": rollback,
+        "endpoint_spec": docker.types.EndpointSpec(
+            mode=spec.endpoint_mode,
+            ports={spec.published_port: spec.target_port}
+            if spec.published_port is not None
+            else None,
+        ),
+    }
+
+
+class SwarmServices:
+    """The engine's Swarm services API (only what `airgap deploy swarm` needs)."""
+
+    def __init__(self, engine: DockerEngine) -> None:
+        self._api = engine.client.api
+
+    def active(self) -> bool:
+        """True when this engine is a Swarm manager."""
+        with _translated("ask the engine about its Swarm", OrchestratorError):
+            info = self._api.info().get("Swarm", {})
+        return bool(info.get("LocalNodeState") == "active" and info.get("ControlAvailable"))
+
+    def find(self, name: str) -> dict[str, Any] | None:
+        with _translated(f"inspect service {name}", OrchestratorError):
+            found = self._api.services(filters={"name": name})
+        exact = [s for s in found if s.get("Spec", {}).get("Name") == name]
+        return dict(exact[0]) if exact else None
+
+    def create(self, spec: ServiceSpec) -> str:
+        with _translated(f"create service {spec.name}", OrchestratorError):
+            made = self._api.create_service(name=spec.name, **_service_parts(spec))
+        return str(made["ID"])
+
+    def update(self, spec: ServiceSpec) -> None:
+        """Roll the service to ``spec`` (start-first, one task at a time, rollback on failure)."""
+        current = self.find(spec.name)
+        if current is None:
+            raise OrchestratorError(f"no service {spec.name} to update")
+        with _translated(f"update service {spec.name}", OrchestratorError):
+            self._api.update_service(
+                current["ID"], current["Version"]["Index"], name=spec.name, **_service_parts(spec)
+            )
+
+    def tasks(self, name: str) -> list[TaskInfo]:
+        with _translated(f"list the tasks of {name}", OrchestratorError):
+            found = self._api.tasks(filters={"service": name})
+        out = []
+        for t in found:
+            status = t.get("Status", {})
+            cs = status.get("ContainerStatus") or {}
+            out.append(
+                TaskInfo(
+                    id=str(t.get("ID", "")),
+                    slot=t.get("Slot"),
+                    state=str(status.get("State", "")),
+                    desired=str(t.get("DesiredState", "")),
+                    image=str(t.get("Spec", {}).get("ContainerSpec", {}).get("Image", "")),
+                    container=cs.get("ContainerID") or None,
+                    error=str(status.get("Err", "")),
+                )
+            )
+        return out
+
+    def container_health(self, container: str) -> str | None:
+        """healthy / unhealthy / starting, or None when the container is gone."""
+        try:
+            data = self._api.inspect_container(container)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError:
+            return None
+        health = data.get("State", {}).get("Health") or {}
+        return str(health.get("Status")) if health else None
+
+    def ensure_network(self, name: str) -> None:
+        """An attachable overlay network ``name`` (made when missing)."""
+        with _translated(f"create network {name}", OrchestratorError):
+            if not self._api.networks(names=[name]):
+                self._api.create_network(name, driver="overlay", attachable=True)
+
+    def remove(self, name: str) -> bool:
+        with _translated(f"remove service {name}", OrchestratorError):
+            try:
+                self._api.remove_service(name)
+            except docker.errors.NotFound:
+                return False
+        return True
 
 
 def _info(data: Mapping[str, Any]) -> ContainerInfo:
