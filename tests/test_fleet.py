@@ -166,7 +166,7 @@ def test_push_over_tls_with_htpasswd_credentials_from_a_file(fleet: Fleet, tmp_p
         creds.write_text(json.dumps({"username": reg.user, "password": reg.password}))
         args = [
             "push",
-            str(fleet.dest),
+            str(dest),
             "--registry",
             f"{reg.host}/team",
             "--image",
