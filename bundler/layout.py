@@ -42,6 +42,9 @@ STATE_VENV: Final = f"{STATE_DIR}/venv"  # the local runner's cached virtualenv
 OUTER_PAYLOAD: Final = "payload.tar.zst"
 OUTER_MANIFEST: Final = "manifest.json"
 OUTER_SIGNATURE: Final = "manifest.json.sig"
+# A delta bundle (docs/format.md §13) starts with its signed descriptor, then the three above.
+OUTER_DELTA: Final = "delta.json"
+OUTER_DELTA_SIGNATURE: Final = "delta.json.sig"
 
 # Where things live inside the image built by `airgap build`.
 IMAGE_ROOT: Final = "/opt/airgap"

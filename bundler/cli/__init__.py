@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import EXIT_ERROR
-from . import docker, isolated, online, ops  # noqa: F401 - importing them registers the commands
+from . import delta, docker, isolated, online, ops  # noqa: F401 - importing them registers the commands
 from ._common import cli
 
 __all__ = ["cli", "main"]

@@ -9,6 +9,7 @@ import click
 
 from ..errors import UsageError
 from ..formats.manifest import Manifest
+from ..verify.delta import VerifiedDelta
 from ..verify.unpack import unpack as unpack_bundle
 from ..verify.unpack import verify as verify_bundle
 from ._common import (
@@ -28,6 +29,7 @@ from ._common import (
     tls_key_option,
     trust_option,
 )
+from .delta import delta_summary
 from .ops import own_server_extras, smoke_after_start, smoke_flag, smoke_spec_for
 
 
@@ -146,10 +148,13 @@ def verify(bundle: Path, trust: tuple[Path, ...], quiet: bool, as_json: bool) ->
     Example:
       airgap verify iris.airgap --trust keys/airgap.pub
       airgap verify iris.airgap --trust /etc/airgap/trusted/ --json
-    Exit status 0 when every check passes, 3 when the bundle is rejected.
+    Exit status 0 when every check passes, 3 when the bundle is rejected. For a
+    delta: both signatures, its descriptor and every carried file (the base is
+    checked when it is applied).
     """
     verified = verify_bundle(bundle, list(trust), progress=progress(quiet or as_json))
     m = verified.manifest
+    delta = verified.descriptor if isinstance(verified, VerifiedDelta) else None
     if as_json:
         emit_json(
             {
@@ -157,7 +162,16 @@ def verify(bundle: Path, trust: tuple[Path, ...], quiet: bool, as_json: bool) ->
                 "verified": True,
                 "trusted_key": str(verified.key.source),
                 **summary(m, bundle),
+                "delta": None if delta is None else delta_summary(delta),
             }
+        )
+        return
+    if delta is not None:
+        click.echo(
+            f"OK: delta {m.name} {delta.base.version} -> {m.version}, "
+            f"{delta.payload.file_count} carried files, signed by {m.signer[:16]}... "
+            f"({verified.key.source}); it applies only to a DEST holding "
+            f"{delta.base.name} {delta.base.version}"
         )
         return
     click.echo(
@@ -201,7 +215,9 @@ def unpack(
     exactly as it was. An older version than the one at DEST is refused unless
     --allow-downgrade. A bundle whose target (architecture, OS, C library) does not
     fit this host is refused (exit 1) unless it has a base image for the Docker path
-    (then a warning) or --no-host-check is given.
+    (then a warning) or --no-host-check is given. A delta (`airgap delta`) applies
+    only to a DEST holding exactly its base version, checked file by file first:
+      airgap unpack iris-1.1.delta.airgap /srv/models/iris --trust keys/airgap.pub
     """
     from ..deploy.hostcheck import unpack_verdict
     from ..deploy.hostprobe import this_host
@@ -220,7 +236,22 @@ def unpack(
         before_write=None if no_host_check else host_check,
     )
     m = verified.manifest
+    if isinstance(verified, VerifiedDelta):
+        d = verified.descriptor
+        if as_json:
+            emit_json(
+                {"ok": True, "dest": str(dest), **summary(m), "delta": delta_summary(d),
+                 "reused": verified.reused}
+            )  # fmt: skip
+            return
+        how = ", ".join(f"{n} by {k}" for k, n in sorted(verified.reused.items()))
+        click.echo(
+            f"applied delta {m.name} {d.base.version} -> {m.version} to {dest} "
+            f"({m.payload.file_count} files: {d.payload.file_count} carried"
+            f"{', ' + how if how else ''})"
+        )
+        return
     if as_json:
-        emit_json({"ok": True, "dest": str(dest), **summary(m)})
+        emit_json({"ok": True, "dest": str(dest), **summary(m), "delta": None})
         return
     click.echo(f"unpacked {m.name} {m.version} into {dest} ({m.payload.file_count} files)")

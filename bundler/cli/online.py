@@ -13,7 +13,7 @@ from ..formats.signing import (
     generate_keypair,
     private_key_is_encrypted,
 )
-from ..inspecting import read_manifest_unverified
+from ..inspecting import read_unverified
 from ._common import (
     cli,
     emit_json,
@@ -26,6 +26,7 @@ from ._common import (
     read_passphrase,
     summary,
 )
+from .delta import delta_lines, delta_summary, make_delta_file
 
 
 @cli.command("lock")
@@ -184,6 +185,17 @@ def keygen(
     "(else a warning), require = fail without one, none = never. For byte-identical bundles "
     "across machines, use require or none.",
 )
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Also write a signed delta from this earlier full bundle to the new one "
+    "(see `airgap delta`).",
+)
+@click.option(
+    "--delta-output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where --base writes the delta (default: OUTPUT with .delta.airgap).",
+)
 @quiet_option
 @json_option
 @funnel
@@ -199,6 +211,8 @@ def pack(
     cache_dir: Path | None,
     find_links: tuple[Path, ...],
     bytecode: str,
+    base: Path | None,
+    delta_output: Path | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -210,7 +224,9 @@ def pack(
       SOURCE_DATE_EPOCH=1700000000 airgap pack proj -o proj.airgap --key k.key
     Downloads the locked wheels for the target (hash-checked, cached), builds the
     site-packages tree, and writes one signed, zstd-compressed file. With the same
-    inputs and SOURCE_DATE_EPOCH the bundle is byte-identical.
+    inputs and SOURCE_DATE_EPOCH the bundle is byte-identical. With --base OLD it
+    then writes the delta from OLD as `airgap delta OLD OUTPUT` does:
+      airgap pack proj -o iris-1.1.airgap --key k.key --base iris-1.0.airgap
     """
     from ..pack.pipeline import BytecodeChoice
     from ..pack.pipeline import pack as do_pack
@@ -234,8 +250,25 @@ def pack(
         warn=warnings.append,
         bytecode=cast("BytecodeChoice", bytecode),
     )
+    delta: dict[str, object] | None = None
+    if base is not None:
+        delta_out = delta_output or out.with_name(
+            out.name.removesuffix(".airgap") + ".delta.airgap"
+        )
+        d, size = make_delta_file(
+            base, out, delta_out, key, passphrase_env, level=level, threads=threads, quiet=quiet
+        )
+        delta = {"delta": str(delta_out), **delta_summary(d, size)}
     if as_json:
-        emit_json({"ok": True, "bundle": str(out), "warnings": warnings, **summary(manifest, out)})
+        emit_json(
+            {
+                "ok": True,
+                "bundle": str(out),
+                "warnings": warnings,
+                **summary(manifest, out),
+                "delta": delta,
+            }
+        )
         return
     for line in warnings:
         click.echo(f"warning: {line}", err=True)
@@ -244,6 +277,11 @@ def pack(
         f"{manifest.payload.file_count} files, {human(out.stat().st_size)}"
     )
     click.echo(f"signed by {manifest.signer}")
+    if delta is not None:
+        click.echo(
+            f"wrote {delta['delta']}: delta from {base}, {delta['carried_files']} files "
+            f"carried, {human(int(str(delta['delta_size'])))}"
+        )
 
 
 @cli.command()
@@ -257,14 +295,20 @@ def inspect(bundle: Path, as_json: bool) -> None:
     Example:
       airgap inspect iris.airgap
       airgap inspect iris.airgap --json | jq .packages
-    The signature is NOT checked here: use `airgap verify` before trusting anything.
+    For a delta it also shows the base it needs (name, version, manifest sha256) and
+    what it carries. The signature is NOT checked here: use `airgap verify` before
+    trusting anything.
     """
-    manifest = read_manifest_unverified(bundle)
+    manifest, descriptor = read_unverified(bundle)
     info = summary(manifest, bundle)
     info["ok"] = True
     info["verified"] = False
+    info["delta"] = None if descriptor is None else delta_summary(descriptor)
     if as_json:
         emit_json(info)
         return
     print_summary(info)
+    if descriptor is not None:
+        for line in delta_lines(descriptor):
+            click.echo(line)
     click.echo("(not verified: run `airgap verify BUNDLE --trust KEY`)")

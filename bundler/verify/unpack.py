@@ -25,6 +25,7 @@ from ..formats.archive import (
     hash_region,
     read_outer,
 )
+from ..formats.delta import is_delta
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest, parse_manifest
 from ..formats.signing import load_trusted_keys, public_key_pem
@@ -129,12 +130,17 @@ def verify(
     limits: Limits = DEFAULT_LIMITS,
     progress: Progress | None = None,
 ) -> Verified:
-    """Full verification of every check `unpack` makes; writes nothing.
+    """Full verification of every check `unpack` makes; writes nothing. (For a delta: what
+    can be checked without DEST, :func:`bundler.verify.delta.verify_delta`.)
 
     Raises:
         BundleRejected subclasses (exit 3) for every failed check.
     """
     progress = progress or NullProgress()
+    if is_delta(bundle):
+        from .delta import verify_delta  # delta.py builds on this module's stage machinery
+
+        return verify_delta(bundle, trust, now=now, limits=limits, progress=progress)
     with open_bundle(bundle) as f:
         opened = _open_checked(f, trust, _now(now), limits, progress)
         progress.start("verifying files", opened.manifest.payload.unpacked_size)
@@ -297,6 +303,19 @@ def unpack(
         InsufficientSpaceError: the new tree does not fit beside ``dest``; nothing written.
         BundleError: ``dest`` cannot be written, or is a folder airgap did not make.
     """
+    if is_delta(bundle):
+        from .delta import apply_delta  # delta.py builds on this module's stage machinery
+
+        return apply_delta(
+            bundle,
+            dest,
+            trust,
+            allow_downgrade=allow_downgrade,
+            now=now,
+            limits=limits,
+            progress=progress,
+            before_write=before_write,
+        )
     progress = progress or NullProgress()
     dest = Path(os.path.abspath(dest))
     parent = dest.parent
