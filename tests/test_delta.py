@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import KeyPair, require_netns, snapshot
 
-from bundler.errors import EXIT_OK, EXIT_REJECTED, DeltaError
+from bundler.errors import EXIT_ERROR, EXIT_OK, EXIT_REJECTED, DeltaError
 from bundler.formats.archive import BundleWriter
 from bundler.formats.delta import parse_descriptor, read_delta_outer, write_delta_outer
 from bundler.formats.signing import load_private_key, sign
@@ -407,6 +407,11 @@ def test_a_delta_signed_by_an_untrusted_key_is_refused(
         "bundle rejected: signature: delta.json.sig: does not verify with the key that signed",
     )
     rejected(airgap("verify", crafted, "--trust", made.pub), "bundle rejected: signature: delta")
+    # Making a delta of the publisher's NEW with another key is refused (it re-uses NEW's
+    # signature, so only NEW's own key may sign it).
+    proc = airgap("delta", made.v1, made.v2, "-o", tmp_path / "x.airgap", "--key", attacker.key)
+    assert proc.returncode == EXIT_ERROR and "is not signed by --key" in proc.stderr
+    assert not (tmp_path / "x.airgap").exists()
     before.pop("evil.delta.airgap", None)
     before.pop("resigned.airgap", None)
     after = snapshot(tmp_path)
@@ -447,3 +452,36 @@ def test_kill_during_apply_leaves_the_base_and_the_next_run_cleans_the_stage(
     ok(airgap("unpack", delta, dest, "--trust", made.pub, "-q"))
     assert not list(tmp_path.glob(".dest.airgap-stage-*"))  # the next run removed it
     assert snapshot(dest) == snapshot(unpacked(made, vbig, tmp_path / "full"))
+
+
+# ---- the descriptor's strict rules (pure) ---------------------------------------------------
+
+
+def test_the_descriptor_parser_and_binding_refuse_what_the_writer_never_emits(made: Made) -> None:
+    from bundler.formats.delta import check_binding
+    from bundler.formats.manifest import parse_manifest
+
+    with made.delta.open("rb") as f:
+        outer = read_delta_outer(f)
+    d = parse_descriptor(outer.descriptor)
+    manifest = parse_manifest(outer.manifest)
+    assert [e.path for e in check_binding(d, outer.manifest, manifest)] == list(d.carried)
+    raw = json.loads(outer.descriptor)
+    for bad, why in (
+        ({**raw, "extra": 1}, "unknown field 'extra'"),
+        ({**raw, "format": "airgap-delta/2"}, "unknown delta format"),
+        ({k: v for k, v in raw.items() if k != "base"}, "missing field base"),
+        ({**raw, "created": True}, "'created' must be a non-negative integer"),
+    ):
+        with pytest.raises(DeltaError, match=why):
+            parse_descriptor(json.dumps(bad).encode())
+    with pytest.raises(DeltaError, match="duplicate key"):
+        parse_descriptor(b'{"format": "airgap-delta/1", "format": "airgap-delta/1"}')
+    for carried, why in (
+        ((*d.carried, "model/model/not-listed"), "carried but not listed"),
+        (tuple(reversed(d.carried)), "not in manifest order"),
+    ):
+        with pytest.raises(DeltaError, match=why):
+            check_binding(dataclasses.replace(d, carried=carried), outer.manifest, manifest)
+    with pytest.raises(DeltaError, match="not the manifest this delta was made for"):
+        check_binding(d, outer.manifest + b" ", manifest)

@@ -14,7 +14,7 @@ from typing import BinaryIO, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..errors import BundleError, DeltaError, IntegrityError
+from ..errors import BundleError, DeltaError, IntegrityError, KeyFileError, SignatureError
 from ..formats.archive import (
     BundleWriter,
     OuterBundle,
@@ -80,8 +80,7 @@ def make_delta(
 
     Raises:
         DeltaError: either bundle is a delta, or they are not two versions of one bundle.
-        SignatureError: ``new`` is not signed by that key.
-        KeyFileError: the key cannot be loaded.
+        KeyFileError: the key cannot be loaded, or did not sign ``new``.
         IntegrityError and other BundleRejected: ``new`` is damaged.
         BundleError: a file cannot be read or ``out`` written.
     """
@@ -94,7 +93,14 @@ def make_delta(
     base = parse_manifest(old_outer.manifest)
     with open_bundle(new) as f:
         outer = _read_full(f, new, "NEW")
-        verify_signature(outer.manifest, outer.signature, [signer], claimed_signer=None)
+        try:
+            verify_signature(outer.manifest, outer.signature, [signer], claimed_signer=None)
+        except SignatureError as e:
+            # The delta re-uses NEW's signature, so only NEW's own key may sign the delta.
+            raise KeyFileError(
+                f"NEW {new} is not signed by --key {key} ({signer.key_id[:16]}...)",
+                remedy="pass the key that signed NEW (`airgap inspect NEW` shows its signer)",
+            ) from e
         manifest = parse_manifest(outer.manifest)
         if manifest.signer != signer.key_id:
             raise IntegrityError("names another signer than the key that signs it", member="NEW")
