@@ -110,7 +110,7 @@ def cli() -> None:
     """Carry a model, its Python packages and its server into a network with no internet.
 
     \b
-    Online side:    keygen, lock, pack, inspect
+    Online side:    keygen, lock, pack, delta, inspect
     Isolated side:  verify, unpack, serve (local), build / run / stop (Docker)
 
     \b

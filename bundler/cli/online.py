@@ -1,4 +1,4 @@
-"""The online side's commands: keygen, lock, pack, inspect."""
+"""The online side's commands: keygen, lock, pack (and its --base delta), inspect."""
 
 from __future__ import annotations
 
