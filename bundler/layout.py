@@ -42,9 +42,11 @@ STATE_VENV: Final = f"{STATE_DIR}/venv"  # the local runner's cached virtualenv
 OUTER_PAYLOAD: Final = "payload.tar.zst"
 OUTER_MANIFEST: Final = "manifest.json"
 OUTER_SIGNATURE: Final = "manifest.json.sig"
-# A delta bundle (docs/format.md §13) starts with its signed descriptor, then the three above.
+# A delta bundle (docs/format.md §13) starts with its signed descriptor, then the payload,
+# the manifest (zstd-compressed: in a small delta it is most of the bytes) and its signature.
 OUTER_DELTA: Final = "delta.json"
 OUTER_DELTA_SIGNATURE: Final = "delta.json.sig"
+OUTER_MANIFEST_ZST: Final = "manifest.json.zst"
 
 # Where things live inside the image built by `airgap build`.
 IMAGE_ROOT: Final = "/opt/airgap"

@@ -233,9 +233,13 @@ def test_standard_tools_check_a_delta(made: Made, tmp_path: Path) -> None:
     run = subprocess.run
     names = run(["tar", "-tf", made.delta], capture_output=True, text=True, check=True).stdout
     assert names.split() == [
-        "delta.json", "delta.json.sig", "payload.tar.zst", "manifest.json", "manifest.json.sig"
+        "delta.json", "delta.json.sig", "payload.tar.zst", "manifest.json.zst", "manifest.json.sig"
     ]  # fmt: skip
     run(["tar", "-xf", made.delta, "-C", tmp_path], check=True)
+    run(["zstd", "-q", "-d", "manifest.json.zst"], cwd=tmp_path, check=True)
+    # The very manifest bytes of the full bundle, so its signature file is the same too.
+    full = run(["tar", "-xOf", made.v2, "manifest.json"], capture_output=True, check=True).stdout
+    assert (tmp_path / "manifest.json").read_bytes() == full
     for name in ("delta.json", "manifest.json"):
         done = run(
             ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", made.pub, "-rawin",
@@ -485,3 +489,19 @@ def test_the_descriptor_parser_and_binding_refuse_what_the_writer_never_emits(ma
             check_binding(dataclasses.replace(d, carried=carried), outer.manifest, manifest)
     with pytest.raises(DeltaError, match="not the manifest this delta was made for"):
         check_binding(d, outer.manifest + b" ", manifest)
+
+
+def test_the_compressed_manifest_is_bounded_before_its_signature_is_checked() -> None:
+    import zstandard
+
+    from bundler.errors import IntegrityError, ResourceLimitError
+    from bundler.formats.delta import compress_manifest, decompress_manifest
+    from bundler.formats.limits import Limits
+
+    small = Limits(max_manifest_bytes=1000)
+    assert decompress_manifest(compress_manifest(b"{}" * 500), small) == b"{}" * 500
+    bomb = zstandard.ZstdCompressor().compress(b" " * 10_000_000)  # 10 MB from ~300 bytes
+    with pytest.raises(ResourceLimitError, match=r"limit: manifest\.json\.zst: "):
+        decompress_manifest(bomb, small)
+    with pytest.raises(IntegrityError, match=r"manifest\.json\.zst: not a valid zstd stream"):
+        decompress_manifest(b"not zstd at all", small)

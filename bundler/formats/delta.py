@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
+import zstandard
+
 from ..errors import BundleRejected, DeltaError, IntegrityError, ResourceLimitError
 from ..layout import (
     OUTER_DELTA,
     OUTER_DELTA_SIGNATURE,
-    OUTER_MANIFEST,
+    OUTER_MANIFEST_ZST,
     OUTER_PAYLOAD,
     OUTER_SIGNATURE,
 )
@@ -38,9 +40,11 @@ DELTA_MEMBERS: Final = (
     OUTER_DELTA,
     OUTER_DELTA_SIGNATURE,
     OUTER_PAYLOAD,
-    OUTER_MANIFEST,
+    OUTER_MANIFEST_ZST,
     OUTER_SIGNATURE,
 )
+# The manifest's compression: fixed, so the same manifest always gives the same bytes.
+_MANIFEST_LEVEL: Final = 19
 _SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -249,7 +253,7 @@ def check_binding(
     if descriptor.manifest_sha256 != manifest_digest(manifest_bytes):
         raise DeltaError(
             "is not the manifest this delta was made for (its sha256 differs from delta.json's)",
-            member=OUTER_MANIFEST,
+            member=OUTER_MANIFEST_ZST,
         )
     for what, ours, theirs in (
         ("name", descriptor.name, manifest.name),
@@ -288,7 +292,7 @@ class DeltaOuter:
 
     descriptor: bytes
     descriptor_signature: bytes
-    manifest: bytes
+    manifest: bytes  # decompressed from manifest.json.zst
     signature: bytes
     payload_offset: int
     payload_size: int
@@ -335,7 +339,7 @@ def read_delta_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> DeltaOuter
     bounds = {
         OUTER_DELTA: limits.max_manifest_bytes,
         OUTER_DELTA_SIGNATURE: limits.max_signature_bytes,
-        OUTER_MANIFEST: limits.max_manifest_bytes,
+        OUTER_MANIFEST_ZST: limits.max_manifest_bytes,
         OUTER_SIGNATURE: limits.max_signature_bytes,
     }
     small: dict[str, bytes] = {}
@@ -375,11 +379,43 @@ def read_delta_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> DeltaOuter
     return DeltaOuter(
         descriptor=small[OUTER_DELTA],
         descriptor_signature=small[OUTER_DELTA_SIGNATURE],
-        manifest=small[OUTER_MANIFEST],
+        manifest=decompress_manifest(small[OUTER_MANIFEST_ZST], limits),
         signature=small[OUTER_SIGNATURE],
         payload_offset=payload[0],
         payload_size=payload[1],
     )
+
+
+def compress_manifest(manifest: bytes) -> bytes:
+    """The manifest bytes as one zstd frame (level 19, content size and checksum written)."""
+    params = zstandard.ZstdCompressionParameters.from_level(
+        _MANIFEST_LEVEL, source_size=len(manifest), write_checksum=True, write_content_size=True
+    )
+    return zstandard.ZstdCompressor(compression_params=params).compress(manifest)
+
+
+def decompress_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The manifest bytes from `manifest.json.zst`, never more than the manifest limit; the
+    signature is then checked over exactly these bytes.
+
+    Raises:
+        ResourceLimitError: more than ``limits.max_manifest_bytes`` or too large a window.
+        IntegrityError: not a valid zstd stream.
+    """
+    dctx = zstandard.ZstdDecompressor(max_window_size=limits.max_window_bytes)
+    try:
+        with dctx.stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
+            out = reader.read(limits.max_manifest_bytes + 1)
+            while len(out) <= limits.max_manifest_bytes and (more := reader.read(CHUNK)):
+                out += more
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"not a valid zstd stream ({e})", member=OUTER_MANIFEST_ZST) from e
+    if len(out) > limits.max_manifest_bytes:
+        raise ResourceLimitError(
+            f"decompresses to more than the manifest limit of {limits.max_manifest_bytes} bytes",
+            member=OUTER_MANIFEST_ZST,
+        )
+    return out
 
 
 def _small_member(name: str, data: bytes, mtime: int) -> bytes:
@@ -396,14 +432,14 @@ def write_delta_outer(
     manifest: bytes,
     signature: bytes,
 ) -> None:
-    """Write the five members; ``payload_member`` holds the payload's complete outer member
-    (header, data, padding) as :class:`~bundler.formats.archive.BundleWriter` leaves it."""
+    """Write the five members (``manifest`` is compressed here); ``payload_member`` holds
+    the payload's whole outer member (header, data, padding), as ``BundleWriter`` leaves it."""
     out.write(_small_member(OUTER_DELTA, descriptor, mtime))
     out.write(_small_member(OUTER_DELTA_SIGNATURE, descriptor_signature, mtime))
     payload_member.seek(0)
     while chunk := payload_member.read(CHUNK):
         out.write(chunk)
-    out.write(_small_member(OUTER_MANIFEST, manifest, mtime))
+    out.write(_small_member(OUTER_MANIFEST_ZST, compress_manifest(manifest), mtime))
     out.write(_small_member(OUTER_SIGNATURE, signature, mtime))
     out.write(b"\x00" * (2 * BLOCK))
     out.flush()
