@@ -186,6 +186,10 @@ def main() -> int:
         "tree from hardlinks (reflinks where the filesystem can) and the carried files, and "
         "hashes every staged file again; the full unpack decompresses and writes every file. "
         "Both sync before the atomic rename.",
+        "",
+        f"Load average at the end of the run: {os.getloadavg()[0]:.1f} (1 min) on "
+        f"{os.cpu_count()} CPUs: the machine was shared, so absolute times are noisy; the "
+        "ratios compare runs interleaved under the same load.",
     ]
     text = "\n".join(lines) + "\n"
     (args.out / "delta.md").write_text(text)

@@ -347,10 +347,15 @@ def test_rollback_is_refused_unless_allowed(made: Made, tmp_path: Path) -> None:
 
 
 def _recraft(
-    delta: Path, out: Path, key: Path, change: Callable[[str, bytes], bytes] | None = None
+    delta: Path,
+    out: Path,
+    key: Path,
+    change: Callable[[str, bytes], bytes] | None = None,
+    rename: Callable[[str], str] | None = None,
 ) -> None:
-    """Rebuild ``delta`` with its carried files passed through ``change`` and a descriptor
-    re-signed by ``key``: a well-formed delta whose payload the publisher never made."""
+    """Rebuild ``delta`` with its carried files passed through ``change`` (and their names
+    through ``rename``) and a descriptor re-signed by ``key``: a well-formed delta whose
+    payload the publisher never made."""
     from bundler.formats.archive import PayloadReader
 
     with delta.open("rb") as f:
@@ -362,7 +367,7 @@ def _recraft(
     writer = BundleWriter(spool, mtime=d.created, level=3, threads=1)
     for h, data in files:
         new = change(h.name, data) if change else data
-        writer.tar.add(h.name, h.mode, len(new), io.BytesIO(new))
+        writer.tar.add(rename(h.name) if rename else h.name, h.mode, len(new), io.BytesIO(new))
     stats = writer.finish_payload()
     d = dataclasses.replace(d, payload=dataclasses.replace(d.payload, sha256=stats.sha256,
                                                            size=stats.size))  # fmt: skip
@@ -387,6 +392,21 @@ def test_carried_files_that_differ_from_the_new_manifest_are_refused(
     before = snapshot(tmp_path)
     rejected(airgap("unpack", crafted, dest, "--trust", made.pub), want)
     assert snapshot(tmp_path) == before  # DEST as it was, and no stage left
+
+
+def test_a_carried_member_that_would_escape_dest_is_refused_before_any_write(
+    made: Made, tmp_path: Path
+) -> None:
+    crafted = tmp_path / "escape.airgap"
+    _recraft(made.delta, crafted, made.key, rename=lambda n: n.replace("app/", "app/../../../"))
+    dest = unpacked(made, made.v1, tmp_path / "dest")
+    before = snapshot(tmp_path)
+    for command in (("verify", crafted), ("unpack", crafted, dest)):
+        rejected(
+            airgap(*command, "--trust", made.pub),
+            "bundle rejected: unsafe member: app/../../../score.py: '..' in path",
+        )
+    assert snapshot(tmp_path) == before  # nothing written anywhere, no stage left
 
 
 def test_a_delta_signed_by_an_untrusted_key_is_refused(
