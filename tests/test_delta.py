@@ -193,6 +193,29 @@ def test_apply_works_with_no_network(made: Made, tmp_path: Path) -> None:
     assert (dest / "app/score.py").read_bytes() == SCORE_V2
 
 
+def test_the_preflight_counts_only_what_a_delta_writes(made: Made, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("mounting a tmpfs needs root in CI")
+        pytest.skip("mounting a tmpfs needs root")
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m,mode=0755", "tmpfs", fs], check=True)
+    try:
+        dest = unpacked(made, made.v1, fs / "dest")
+        st = os.statvfs(fs)
+        (fs / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - (1 << 20)))
+        # 1 MiB free: too little for the whole new tree beside the old one ...
+        proc = airgap("unpack", made.v2, fs / "dest", "--trust", made.pub)
+        assert proc.returncode == EXIT_ERROR and proc.stderr.startswith("preflight: "), proc.stderr
+        # ... but room for what the delta writes: its carried files, a copy of the file whose
+        # mode changed, folders and state; everything else is linked from the old tree.
+        ok(airgap("unpack", made.delta, dest, "--trust", made.pub, "-q"))
+        assert snapshot(dest) == snapshot(unpacked(made, made.v2, tmp_path / "full"))
+    finally:
+        subprocess.run(["umount", "-l", fs], check=False)
+
+
 # ---- inspect, verify, and readers of full bundles ------------------------------------------
 
 

@@ -32,9 +32,16 @@ from ..formats.delta import (
 )
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest
-from ..formats.signing import load_trusted_keys
+from ..formats.signing import load_trusted_keys, public_key_pem
 from ..formats.source import open_bundle
-from ..layout import OUTER_DELTA_SIGNATURE, OUTER_PAYLOAD, STATE_MANIFEST
+from ..layout import (
+    OUTER_DELTA_SIGNATURE,
+    OUTER_PAYLOAD,
+    STATE_MANIFEST,
+    STATE_SIGNATURE,
+    STATE_SIGNER,
+)
+from ..preflight import free_space, require, tree_need
 from ..progress import NullProgress, Progress
 from .policy import MemberTracker, Verified, check_rollback, verify_manifest
 from .tree import check_unpacked, open_regular
@@ -44,7 +51,6 @@ from .unpack import (
     _install,
     _locked,
     _remove,
-    _require_space,
     _Stage,
     _syncfs,
     read_installed,
@@ -278,10 +284,11 @@ def apply_delta(
 ) -> VerifiedDelta:
     """Apply the delta ``bundle`` to ``dest``, which must hold exactly its base; all or nothing.
 
-    The same checks as a full unpack (signatures, expiry, rollback, free space, host check
-    via ``before_write``), plus: DEST's stored manifest is the base named in the signed
-    descriptor and every file of DEST still matches it. The new tree is staged beside DEST,
-    every file is checked against the new manifest, then it is swapped in with one rename.
+    The same checks as a full unpack (signatures, expiry, rollback, host check via
+    ``before_write``; free space for what the delta writes), plus: DEST's stored manifest is
+    the base named in the signed descriptor, and every file of DEST still matches it. The
+    new tree is staged beside DEST, every file is checked against the new manifest, then it
+    is swapped in with one rename.
 
     Raises:
         DeltaError (exit 3): DEST is not the base, or was changed since it was unpacked.
@@ -302,15 +309,19 @@ def apply_delta(
     with _locked(parent):
         _clean_stale_stages(dest)
         installed = read_installed(dest, limits) if dest.is_dir() else None
+
+        def before_payload(v: VerifiedDelta) -> None:
+            # DEST's own checks come before the payload is hashed: a wrong DEST is refused
+            # at once, however large the delta.
+            _require_base(dest, installed, v.descriptor)
+            assert installed is not None  # _require_base refused otherwise
+            check_rollback(v.manifest, installed, allow_downgrade=allow_downgrade)
+            _require_delta_space(parent, v, installed)
+
         with open_bundle(bundle) as f:
-            opened = _open_checked(
-                f, trust, _now(now), limits, progress, lambda v: _require_space(parent, v)
-            )
+            opened = _open_checked(f, trust, _now(now), limits, progress, before_payload)
             verified = opened.verified
             d = verified.descriptor
-            _require_base(dest, installed, d)
-            assert installed is not None  # _require_base refused otherwise
-            check_rollback(verified.manifest, installed, allow_downgrade=allow_downgrade)
             progress.start("checking DEST against its manifest")
             base = _check_base_tree(dest, d, limits)
             progress.finish()
@@ -326,6 +337,44 @@ def apply_delta(
             carried=verified.carried,
             reused=reused,
         )
+
+
+def _require_delta_space(parent: Path, v: VerifiedDelta, base: Manifest) -> None:
+    """The free-space preflight of a delta: only what applying it allocates.
+
+    That is the carried files, copies of the reused files whose mode changes (never
+    hardlinked), the state files, and an inode for every file and folder (a reflink or a
+    hardlink needs no data blocks). ``base`` is DEST's stored manifest, already shown to be
+    the signed base. If a filesystem refuses both reflinks and hardlinks, the copies may
+    still run out of room: that fails with nothing changed, like any failed write.
+
+    Raises:
+        InsufficientSpaceError: naming the bytes (or inodes) needed and free.
+    """
+    try:
+        block = free_space(parent).block_size
+    except OSError as e:
+        raise BundleError(f"cannot ask {parent} for its free space: {e.strerror}") from e
+    carried = {e.path for e in v.carried}
+    modes = {(e.sha256, e.size): e.mode for e in base.files}
+    files = [
+        (e.path, e.size if e.path in carried or modes.get((e.sha256, e.size)) != e.mode else 0)
+        for e in v.manifest.files
+    ]
+    files += [
+        (STATE_MANIFEST, len(v.manifest_bytes)),
+        (STATE_SIGNATURE, len(v.signature)),
+        (STATE_SIGNER, len(public_key_pem(v.key.public))),
+    ]
+    require(
+        parent,
+        tree_need(files, block),
+        doing=f"apply the delta {v.manifest.name} {v.descriptor.base.version} -> "
+        f"{v.manifest.version}",
+        remedy="free space there; the old DEST is kept until the new tree is complete, and "
+        "files the delta does not carry are linked from it, so only the carried files (and "
+        "copies of files whose mode changed) need room",
+    )
 
 
 def _build_and_install(
