@@ -141,8 +141,19 @@ def test_apply_gives_exactly_the_tree_a_full_unpack_of_new_gives(
     made: Made, tmp_path: Path
 ) -> None:
     dest = unpacked(made, made.v1, tmp_path / "dest")
+    inodes = {p: (dest / p).stat().st_ino for p in ("app/score.py", "model/model/weights.bin")}
+    inodes["runtime"] = (dest / "runtime/airgap_runtime/__init__.py").stat().st_ino
     proc = ok(airgap("unpack", made.delta, dest, "--trust", made.pub, "--json", "-q"))
     out = json.loads(proc.stdout)
+    # An unchanged file is shared with the old tree where the filesystem links (this one
+    # cannot reflink); the file whose mode changed never is: it is a copy (or a reflink).
+    linked = out["reused"].get("hardlink", 0)
+    assert linked + out["reused"].get("reflink", 0) >= out["file_count"] - 3
+    assert out["reused"].get("copy", 0) + out["reused"].get("reflink", 0) >= 1
+    shared = (dest / "runtime/airgap_runtime/__init__.py").stat().st_ino == inodes["runtime"]
+    assert shared == (linked > 0)
+    assert (dest / "model/model/weights.bin").stat().st_ino != inodes["model/model/weights.bin"]
+    assert (dest / "app/score.py").stat().st_ino != inodes["app/score.py"]
     assert (out["name"], out["version"]) == ("tiny", "1.1.0")
     assert out["delta"]["base"]["version"] == "1.0.0"
     # Carried: the changed score.py and the added file; the mode change and the unchanged
@@ -185,6 +196,7 @@ def test_a_score_only_change_carries_one_file(made: Made, tmp_path: Path) -> Non
     assert delta.stat().st_size < made.v1.stat().st_size / 4
 
 
+@pytest.mark.netns
 def test_apply_works_with_no_network(made: Made, tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     ok(airgap("unpack", made.v1, dest, "--trust", made.pub, netns=True))
