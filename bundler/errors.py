@@ -210,6 +210,12 @@ class PartsIndexError(BundleRejected):
     check = "parts index"
 
 
+class DeltaError(BundleRejected):
+    """A delta bundle does not apply here: DEST is not its base, or the delta is inconsistent."""
+
+    check = "delta"
+
+
 class TreeModifiedError(BundleRejected):
     """An unpacked tree no longer matches the signed manifest it was unpacked from."""
 

@@ -1,4 +1,5 @@
-"""Read a bundle's manifest without verifying it, for `airgap inspect`."""
+"""Read a bundle's manifest (and a delta's descriptor) without verifying it, for `airgap
+inspect`."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 from .errors import BundleError
 from .formats.archive import cosignature_member, read_outer
 from .formats.cosign import parse_signature_file
+from .formats.delta import DeltaDescriptor, first_member, parse_descriptor, read_delta_outer
 from .formats.manifest import Manifest, parse_manifest
 from .formats.source import open_bundle
-from .layout import DETACHED_SUFFIX, OUTER_SIGNATURE
+from .layout import DETACHED_SUFFIX, OUTER_DELTA, OUTER_SIGNATURE
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,8 @@ class PresentSignature:
 
 
 def read_manifest_unverified(bundle: Path) -> Manifest:
-    """The manifest, strictly parsed but NOT signature-checked; reads no payload byte.
+    """The manifest, strictly parsed but NOT signature-checked (a delta's new manifest too);
+    reads no payload byte.
 
     Raises:
         BundleError: the file cannot be read; BundleRejected subclasses: malformed bundle.
@@ -30,17 +33,22 @@ def read_manifest_unverified(bundle: Path) -> Manifest:
     return read_unverified(bundle)[0]
 
 
-def read_unverified(bundle: Path) -> tuple[Manifest, list[PresentSignature]]:
-    """The manifest as ``read_manifest_unverified``, and the signatures present: the first
-    one (with the signer the manifest names), co-signature members, and the entries of
-    ``BUNDLE.sig`` when that file is there (strictly parsed, not verified).
+def read_unverified(
+    bundle: Path,
+) -> tuple[Manifest, list[PresentSignature], DeltaDescriptor | None]:
+    """The manifest, the signatures present (claimed key ids, NOT verified), and for a delta
+    its descriptor, strictly parsed; reads no payload byte.
 
     Raises:
-        BundleError: the file cannot be read; BundleRejected subclasses: malformed bundle or
-            signature file.
+        BundleError: the file cannot be read; BundleRejected subclasses: malformed bundle.
     """
     with open_bundle(bundle) as f:
         try:
+            if first_member(f) == OUTER_DELTA:
+                delta = read_delta_outer(f)
+                manifest = parse_manifest(delta.manifest)
+                present = [PresentSignature(OUTER_SIGNATURE, manifest.signer)]
+                return manifest, present, parse_descriptor(delta.descriptor)
             outer = read_outer(f)
         except OSError as e:
             raise BundleError(f"cannot read bundle {bundle}: {e.strerror}") from e
@@ -56,4 +64,4 @@ def read_unverified(bundle: Path) -> tuple[Manifest, list[PresentSignature]]:
             PresentSignature(c.source, c.key_id)
             for c in parse_signature_file(data, outer.manifest, beside.name)
         ]
-    return manifest, present
+    return manifest, present, None

@@ -52,6 +52,11 @@ OUTER_SIGNATURE: Final = "manifest.json.sig"
 OUTER_COSIGNATURE_PREFIX: Final = f"{OUTER_SIGNATURE}."
 # A detached signature file sits beside the bundle: "iris.airgap" -> "iris.airgap.sig".
 DETACHED_SUFFIX: Final = ".sig"
+# A delta bundle (docs/format.md §13) starts with its signed descriptor, then the payload,
+# the manifest (zstd-compressed: in a small delta it is most of the bytes) and its signature.
+OUTER_DELTA: Final = "delta.json"
+OUTER_DELTA_SIGNATURE: Final = "delta.json.sig"
+OUTER_MANIFEST_ZST: Final = "manifest.json.zst"
 
 # Where things live inside the image built by `airgap build`.
 IMAGE_ROOT: Final = "/opt/airgap"

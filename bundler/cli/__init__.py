@@ -12,6 +12,7 @@ from ..errors import EXIT_ERROR
 from . import (  # noqa: F401 - importing them registers the commands
     audit,
     cache,
+    delta,
     docker,
     fleet,
     isolated,

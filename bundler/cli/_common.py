@@ -160,8 +160,8 @@ def cli() -> None:
     """Carry a model, its Python packages and its server into a network with no internet.
 
     \b
-    Online side:    keygen, lock, pack, inspect, split (parts for media), kit (the tool
-                    itself, for an isolated host), cache (info, prune)
+    Online side:    keygen, lock, pack, delta, inspect, split (parts for media), kit (the
+                    tool itself, for an isolated host), cache (info, prune)
     Isolated side:  verify, unpack, serve (local), build / run / stop (Docker), audit
     Either side:    sign (co-sign a bundle; verify --policy counts N of M keys)
 

@@ -10,6 +10,7 @@ import click
 from ..errors import UsageError, escape
 from ..formats.manifest import Manifest
 from ..formats.source import is_parts_index
+from ..verify.delta import VerifiedDelta
 from ..verify.unpack import TrustInputs
 from ..verify.unpack import unpack as unpack_bundle
 from ..verify.unpack import verify as verify_bundle
@@ -36,6 +37,7 @@ from ._common import (
     trust_or_policy_option,
     trust_report,
 )
+from .delta import delta_summary
 from .ops import own_server_extras, smoke_after_start, smoke_flag, smoke_spec_for
 
 
@@ -200,6 +202,8 @@ def verify(
     Exit status 0 when every check passes, 3 when the bundle is rejected (2 for a
     malformed policy). Co-signatures (`airgap sign`) in the bundle and in BUNDLE.sig
     (or --signatures FILE) are counted once per distinct key.
+    For a delta: both signatures, its descriptor and every carried file (the base is
+    checked when it is applied).
     """
     need_trust(trust, policy)
     if is_parts_index(bundle):
@@ -219,6 +223,7 @@ def verify(
         signature_files=list(signatures) or None,
     )
     m = verified.manifest
+    delta = verified.descriptor if isinstance(verified, VerifiedDelta) else None
     if as_json:
         emit_json(
             {
@@ -227,7 +232,16 @@ def verify(
                 "trusted_key": str(verified.key.source),
                 **summary(m, bundle),
                 **trust_report(verified),
+                "delta": None if delta is None else delta_summary(delta),
             }
+        )
+        return
+    if delta is not None:
+        click.echo(
+            f"OK: delta {escape(m.name)} {escape(delta.base.version)} -> {escape(m.version)}, "
+            f"{delta.payload.file_count} carried files, signed by {m.signer[:16]}... "
+            f"({escape(str(verified.key.source))}); applies to "
+            f"{escape(delta.base.name)} {escape(delta.base.version)}"
         )
         return
     # Name and version come from the bundle: escaped, so they cannot forge lines (JSON is
@@ -334,6 +348,9 @@ def unpack(
     fit this host is refused (exit 1) unless it has a base image for the Docker path
     (then a warning) or --no-host-check is given. The co-signatures are kept in
     DEST/.airgap so serve/run/build --policy can count them again.
+    (then a warning) or --no-host-check is given. A delta (`airgap delta`) applies
+    only to a DEST holding exactly its base version, checked file by file first:
+      airgap unpack iris-1.1.delta.airgap /srv/models/iris --trust keys/airgap.pub
     """
     from ..deploy.hostcheck import unpack_verdict
     from ..deploy.hostprobe import this_host
@@ -355,8 +372,25 @@ def unpack(
         signature_files=list(signatures) or None,
     )
     m = verified.manifest
+    if isinstance(verified, VerifiedDelta):
+        d = verified.descriptor
+        if as_json:
+            emit_json(
+                {"ok": True, "dest": str(dest), **summary(m), "delta": delta_summary(d),
+                 "reused": verified.reused}
+            )  # fmt: skip
+            return
+        how = ", ".join(f"{n} by {k}" for k, n in sorted(verified.reused.items()))
+        click.echo(
+            f"applied delta {m.name} {d.base.version} -> {m.version} to {dest} "
+            f"({m.payload.file_count} files: {d.payload.file_count} carried"
+            f"{', ' + how if how else ''})"
+        )
+        return
     if as_json:
-        emit_json({"ok": True, "dest": str(dest), **summary(m), **trust_report(verified)})
+        emit_json(
+            {"ok": True, "dest": str(dest), **summary(m), **trust_report(verified), "delta": None}
+        )
         return
     click.echo(
         f"unpacked {escape(m.name)} {escape(m.version)} into {escape(str(dest))} "

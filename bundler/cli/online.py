@@ -1,4 +1,4 @@
-"""The online side's commands: keygen, lock, pack, inspect."""
+"""The online side's commands: keygen, lock, pack (and its --base delta), inspect."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from ._common import (
     read_passphrase,
     summary,
 )
+from .delta import delta_lines, delta_summary, make_delta_file
 from .parts import size_callback, split_and_report
 
 
@@ -205,6 +206,17 @@ def keygen(
     callback=size_callback,
     help="Then split the bundle for media as `airgap split --size SIZE` does (same key).",
 )
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Also write a signed delta from this earlier full bundle to the new one "
+    "(see `airgap delta`).",
+)
+@click.option(
+    "--delta-output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where --base writes the delta (default: OUTPUT with .delta.airgap).",
+)
 @quiet_option
 @json_option
 @funnel
@@ -223,6 +235,8 @@ def pack(
     split_size: int | None,
     no_tree_cache: bool,
     tree_cache_max: str | None,
+    base: Path | None,
+    delta_output: Path | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -236,7 +250,9 @@ def pack(
     site-packages tree (or takes it from the tree cache when the lock, target and bytecode
     are unchanged; see `airgap cache info`), and writes one signed, zstd-compressed file.
     With the same inputs and SOURCE_DATE_EPOCH the bundle is byte-identical. --split-size
-    4G then writes it as parts with a signed index too (see `airgap split --help`).
+    4G then writes it as parts with a signed index too (see `airgap split --help`). With
+    --base OLD it then writes the delta from OLD as `airgap delta OLD OUTPUT` does:
+      airgap pack proj -o iris-1.1.airgap --key k.key --base iris-1.0.airgap
     """
     from ..pack.pipeline import BytecodeChoice
     from ..pack.pipeline import pack as do_pack
@@ -265,6 +281,15 @@ def pack(
         tree_cache=None if no_tree_cache else cache_for(cache_dir, bound),
         on_tree=trees.append,
     )
+    delta: dict[str, object] | None = None
+    if base is not None:
+        delta_out = delta_output or out.with_name(
+            out.name.removesuffix(".airgap") + ".delta.airgap"
+        )
+        d, size = make_delta_file(
+            base, out, delta_out, key, passphrase_env, level=level, threads=threads, quiet=quiet
+        )
+        delta = {"delta": str(delta_out), **delta_summary(d, size)}
     if as_json:
         info = {
             "ok": True,
@@ -280,6 +305,7 @@ def pack(
                 for t in trees
             ],
             **summary(manifest, out),
+            "delta": delta,
         }
         if split_size is not None:
             info["split"] = split_and_report(out, split_size, key, passphrase, None, quiet, True)
@@ -292,6 +318,11 @@ def pack(
         f"{manifest.payload.file_count} files, {human(out.stat().st_size)}"
     )
     click.echo(f"signed by {manifest.signer}")
+    if delta is not None:
+        click.echo(
+            f"wrote {delta['delta']}: delta from {base}, {delta['carried_files']} files "
+            f"carried, {human(int(str(delta['delta_size'])))}"
+        )
     if split_size is not None:
         split_and_report(out, split_size, key, passphrase, None, quiet, False)
 
@@ -324,7 +355,8 @@ def inspect(bundle: Path, sbom: bool, trust: tuple[Path, ...], as_json: bool) ->
       airgap inspect iris.airgap
       airgap inspect iris.airgap --json | jq .packages
       airgap inspect --sbom iris.airgap --trust keys/airgap.pub > bom.cdx.json
-    The signature is NOT checked here: use `airgap verify` before trusting anything.
+    For a delta it also shows the base it needs (name, version, manifest sha256) and what it
+    carries. The signature is NOT checked here: use `airgap verify` before trusting anything.
     With --sbom the SBOM is printed exactly as signed; without --trust only its hash is
     checked against the (unverified) manifest, and stderr says so.
     """
@@ -347,11 +379,12 @@ def inspect(bundle: Path, sbom: bool, trust: tuple[Path, ...], as_json: bool) ->
                 err=True,
             )
         return
-    manifest, present = read_unverified(bundle)
+    manifest, present, descriptor = read_unverified(bundle)
     info = summary(manifest, bundle)
     info["ok"] = True
     info["verified"] = False
     info["signatures_present"] = [{"source": p.source, "key_id": p.key_id} for p in present]
+    info["delta"] = None if descriptor is None else delta_summary(descriptor)
     if as_json:
         emit_json(info)
         return
@@ -360,4 +393,7 @@ def inspect(bundle: Path, sbom: bool, trust: tuple[Path, ...], as_json: bool) ->
         click.echo(f"signatures: {len(present)} present (not verified)")
         for p in present:
             click.echo(f"  {p.key_id[:16]}...  {p.source}")
+    if descriptor is not None:
+        for line in delta_lines(descriptor):
+            click.echo(line)
     click.echo("(not verified: run `airgap verify BUNDLE --trust KEY`)")

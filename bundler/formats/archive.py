@@ -19,8 +19,14 @@ from typing import BinaryIO, Final, cast
 
 import zstandard
 
-from ..errors import IntegrityError, ResourceLimitError, UnsafeMemberError, escape
-from ..layout import OUTER_COSIGNATURE_PREFIX, OUTER_MANIFEST, OUTER_PAYLOAD, OUTER_SIGNATURE
+from ..errors import DeltaError, IntegrityError, ResourceLimitError, UnsafeMemberError, escape
+from ..layout import (
+    OUTER_COSIGNATURE_PREFIX,
+    OUTER_DELTA,
+    OUTER_MANIFEST,
+    OUTER_PAYLOAD,
+    OUTER_SIGNATURE,
+)
 from .limits import DEFAULT_LIMITS, Limits
 
 BLOCK: Final = 512
@@ -537,6 +543,14 @@ def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
         if block == b"\x00" * BLOCK:
             raise IntegrityError(f"member {want!r} is missing", member=want)
         header = parse_header(block, offset)
+        if header.name == OUTER_DELTA and offset == 0:
+            # A delta (docs/format.md §13) is refused whole, never half-read as a bundle.
+            raise DeltaError(
+                "this is a delta bundle (airgap-delta/1), not a full bundle",
+                member=OUTER_DELTA,
+                remedy="apply it with `airgap unpack DELTA DEST` where DEST holds its base "
+                "version (`airgap inspect DELTA` names it), or use the full bundle",
+            )
         if header.name != want:
             if header.name in expected:
                 raise IntegrityError(

@@ -29,6 +29,7 @@ from ..formats.archive import (
     read_outer,
 )
 from ..formats.cosign import Cosignature, parse_signature_file, render_signature_file
+from ..formats.delta import is_delta
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest, parse_manifest
 from ..formats.signing import load_trusted_keys, public_key_pem
@@ -225,7 +226,8 @@ def verify(
     signature_files: Sequence[Path] | None = None,
     stream: BinaryIO | None = None,
 ) -> Verified:
-    """Full verification of every check `unpack` makes; writes nothing.
+    """Full verification of every check `unpack` makes; writes nothing. (For a delta: what
+    can be checked without DEST, :func:`bundler.verify.delta.verify_delta`.)
 
     ``policy`` and ``signature_files`` as for ``open_verified``. ``stream`` is ``bundle``
     already opened (a split bundle's parts, checked as they arrived); it is closed here.
@@ -235,6 +237,10 @@ def verify(
         PolicyError: the policy file cannot be used (exit 2).
     """
     progress = progress or NullProgress()
+    if is_delta(bundle):
+        from .delta import verify_delta  # delta.py builds on this module's stage machinery
+
+        return verify_delta(bundle, trust, now=now, limits=limits, progress=progress)
     inputs = TrustInputs(trust, policy, read_detached(bundle, signature_files, limits))
     with stream if stream is not None else open_bundle(bundle, trust=inputs.index_keys()) as f:
         opened = _open_checked(f, inputs, _now(now), limits, progress)
@@ -546,6 +552,19 @@ def unpack(
         InsufficientSpaceError: the new tree does not fit beside ``dest``; nothing written.
         BundleError: ``dest`` cannot be written, or is a folder airgap did not make.
     """
+    if is_delta(bundle):
+        from .delta import apply_delta  # delta.py builds on this module's stage machinery
+
+        return apply_delta(
+            bundle,
+            dest,
+            trust,
+            allow_downgrade=allow_downgrade,
+            now=now,
+            limits=limits,
+            progress=progress,
+            before_write=before_write,
+        )
     progress = progress or NullProgress()
     dest = Path(os.path.abspath(dest))
     parent = dest.parent
