@@ -30,7 +30,7 @@ from ..layout import (
 from .archive import BLOCK, CHUNK, parse_header, ustar_header
 from .limits import DEFAULT_LIMITS, Limits
 from .manifest import FileEntry, Manifest, PayloadInfo
-from .source import open_bundle
+from .source import is_parts_index, open_bundle
 
 DELTA_FORMAT: Final = "airgap-delta/1"
 # The outer members of a delta, in this order. The descriptor comes first so that a reader
@@ -326,6 +326,8 @@ def is_delta(bundle: Path) -> bool:
     Raises:
         BundleError: the file cannot be read or is not a regular file.
     """
+    if is_parts_index(bundle):
+        return False  # a split bundle's index: open_bundle would want its keys
     with open_bundle(bundle) as f:
         return first_member(f) == OUTER_DELTA
 
