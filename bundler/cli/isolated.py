@@ -207,8 +207,11 @@ def verify(
     """
     need_trust(trust, policy)
     if is_parts_index(bundle):
-        keys = tuple(TrustInputs(trust, policy).index_keys())
-        verify_split(bundle, keys, resume, wait, state_file, quiet, as_json)
+        keys = tuple(TrustInputs(trust, policy).packer_key_files())
+        verify_split(
+            bundle, keys, resume, wait, state_file, quiet, as_json,
+            policy=policy, signatures=signatures,
+        )  # fmt: skip
         return
     if resume or wait or state_file is not None:
         raise UsageError(
@@ -243,6 +246,8 @@ def verify(
             f"({escape(str(verified.key.source))}); applies to "
             f"{escape(delta.base.name)} {escape(delta.base.version)}"
         )
+        for line in trust_lines(verified):
+            click.echo(line)
         return
     # Name and version come from the bundle: escaped, so they cannot forge lines (JSON is
     # safe as it is).
@@ -262,8 +267,12 @@ def verify_split(
     state_file: Path | None,
     quiet: bool,
     as_json: bool,
+    *,
+    policy: Path | None = None,
+    signatures: tuple[Path, ...] = (),
 ) -> None:
-    """`verify` of a part index: a line per part as it is judged, then the bundle's."""
+    """`verify` of a part index: a line per part as it is judged, then the bundle's (trusted
+    by ``policy`` when given, as a whole bundle is)."""
     from ..verify.parts import PartResult, verify_parts
 
     def on_part(result: PartResult) -> None:
@@ -281,6 +290,8 @@ def verify_split(
         on_part=on_part,
         warn=lambda line: to_stderr(f"warning: {line}"),
         progress=progress(quiet or as_json),
+        policy=policy,
+        signature_files=list(signatures) or None,
     )
     m = verified.manifest
     if as_json:
@@ -291,6 +302,7 @@ def verify_split(
                 "trusted_key": str(verified.key.source),
                 "parts": [r.to_json_dict() for r in checked.results],
                 **summary(m),
+                **trust_report(verified),
                 "bundle_size": checked.index.bundle.size,
             }
         )
@@ -299,6 +311,8 @@ def verify_split(
         f"OK: {m.name} {m.version}, {len(checked.index.parts)} parts, "
         f"{m.payload.file_count} files, signed by {m.signer[:16]}... ({verified.key.source})"
     )
+    for line in trust_lines(verified):
+        click.echo(line)
 
 
 @cli.command()
@@ -376,16 +390,18 @@ def unpack(
         d = verified.descriptor
         if as_json:
             emit_json(
-                {"ok": True, "dest": str(dest), **summary(m), "delta": delta_summary(d),
-                 "reused": verified.reused}
+                {"ok": True, "dest": str(dest), **summary(m), **trust_report(verified),
+                 "delta": delta_summary(d), "reused": verified.reused}
             )  # fmt: skip
             return
         how = ", ".join(f"{n} by {k}" for k, n in sorted(verified.reused.items()))
         click.echo(
-            f"applied delta {m.name} {d.base.version} -> {m.version} to {dest} "
-            f"({m.payload.file_count} files: {d.payload.file_count} carried"
-            f"{', ' + how if how else ''})"
+            f"applied delta {escape(m.name)} {escape(d.base.version)} -> {escape(m.version)} "
+            f"to {escape(str(dest))} ({m.payload.file_count} files: {d.payload.file_count} "
+            f"carried{', ' + how if how else ''})"
         )
+        for line in trust_lines(verified):
+            click.echo(line)
         return
     if as_json:
         emit_json(
