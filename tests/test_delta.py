@@ -655,6 +655,60 @@ def test_a_rollback_by_delta_is_refused_under_a_policy_too(
     ok(airgap("unpack", back, dest, "--policy", policy, "--allow-downgrade", "-q"))
 
 
+# ---- doctor ---------------------------------------------------------------------------------
+
+
+def test_doctor_names_the_base_a_delta_needs_and_whether_dest_holds_it(
+    made: Made, tmp_path: Path
+) -> None:
+    def doctor(*args: str | Path) -> dict[str, dict[str, object]]:
+        proc = airgap("doctor", made.delta, "--port", "1", "--json", *args)
+        report = json.loads(proc.stdout)
+        assert report["kind"] == "delta" and report["version"] == "1.1.0", report
+        assert report["base"]["version"] == "1.0.0"
+        assert report["base"]["manifest_sha256"] == base_sha
+        return {c["name"]: c for c in report["checks"]}
+
+    base_sha = json.loads(ok(airgap("inspect", made.delta, "--json")).stdout)["delta"]["base"][
+        "manifest_sha256"
+    ]
+    # No DEST given: what it needs, and how to check one.
+    c = doctor("--trust", made.pub)
+    assert c["manifest"]["status"] == "ok" and c["manifest"]["detail"].startswith(
+        "delta tiny 1.0.0 -> 1.1.0: signatures, descriptor and 3 carried files verify with "
+    )
+    assert c["base"]["status"] == "warn"
+    assert c["base"]["detail"] == (
+        f"needs tiny 1.0.0 (manifest sha256 {base_sha}); pass --dest DIR to check a DEST"
+    )
+    # A DEST holding the base: ok, and the space check counts what applying writes.
+    base = unpacked(made, made.v1, tmp_path / "base")
+    c = doctor("--dest", base)
+    assert c["manifest"]["status"] == "warn"  # no --trust: read, not verified
+    assert c["base"]["status"] == "ok" and c["base"]["holds"] is True
+    assert c["base"]["detail"].startswith(f"{base} holds the base tiny 1.0.0 (manifest sha256 ")
+    assert c["space"]["status"] == "ok" and "needed to apply the delta" in c["space"]["detail"]
+    full_need = json.loads(airgap("doctor", made.v2, "--dest", base, "--json").stdout)
+    full = {x["name"]: x for x in full_need["checks"]}["space"]["needed_bytes"]
+    assert c["space"]["needed_bytes"] < full
+    # A DEST at another version, an empty one: fail, with the line unpack would print.
+    other = unpacked(made, made.v2, tmp_path / "other")
+    c = doctor("--dest", other, "--trust", made.pub)
+    assert c["base"]["status"] == "fail" and c["base"]["holds"] is False
+    assert c["base"]["detail"].startswith(
+        f"bundle rejected: delta: .airgap/manifest.json: {other} holds tiny 1.1.0 "
+    )
+    line = rejected(airgap("unpack", made.delta, other, "--trust", made.pub), "bundle rejected")
+    assert c["base"]["detail"] == line
+    (tmp_path / "empty").mkdir()
+    c = doctor("--dest", tmp_path / "empty")
+    assert c["base"]["status"] == "fail" and "holds no unpacked bundle" in c["base"]["detail"]
+    # The human output: one line naming the delta, one per check.
+    text = airgap("doctor", made.delta, "--dest", base, "--port", "1").stdout.splitlines()
+    assert text[0] == f"delta {made.delta} (tiny 1.0.0 -> 1.1.0)"
+    assert any(t.startswith("  ok    base      ") for t in text), text
+
+
 # ---- kill -9 mid-apply ----------------------------------------------------------------------
 
 

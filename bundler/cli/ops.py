@@ -67,7 +67,9 @@ def doctor_cmd(
     manifest (verified with --trust, else read unverified), the host's fit with the
     target, the Python the local runner would use, the Docker engine and its data
     root, and whether the port is free. Each check is ok, warn or FAIL; exit 0 when
-    none fails, 1 otherwise. Writes nothing.
+    none fails, 1 otherwise. Writes nothing. For a delta (`airgap delta`) a `base`
+    line names the base it needs (name, version, manifest sha256) and whether --dest
+    holds it, and the space check counts what applying it writes.
     """
     from ..deploy.doctor import diagnose
 
@@ -78,6 +80,8 @@ def doctor_cmd(
         m = report.manifest
         # Names, versions and details quote the bundle and DEST: escaped, one line each.
         what = f"{escape(m.name)} {escape(m.version)}" if m else "unreadable"
+        if m and report.delta is not None:
+            what = f"{escape(m.name)} {escape(report.delta.base.version)} -> {escape(m.version)}"
         click.echo(f"{report.kind} {escape(str(report.subject))} ({what})")
         for c in report.checks:
             click.echo(f"  {_MARK[c.status]}  {c.name:<9} {escape(c.detail)}")
