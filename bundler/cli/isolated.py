@@ -15,6 +15,7 @@ from ..verify.unpack import TrustInputs
 from ..verify.unpack import unpack as unpack_bundle
 from ..verify.unpack import verify as verify_bundle
 from ._common import (
+    RECHECK_HELP,
     auth_key_file_option,
     cli,
     dest_arg,
@@ -23,18 +24,15 @@ from ._common import (
     json_option,
     metrics_port_option,
     need_trust,
-    policy_option,
     progress,
     python_option,
     quiet_option,
-    recheck_trust,
-    signatures_option,
     summary,
     tls_cert_option,
     tls_key_option,
     to_stderr,
     trust_lines,
-    trust_or_policy_option,
+    trust_options,
     trust_report,
 )
 from .delta import delta_summary
@@ -57,8 +55,7 @@ from .ops import own_server_extras, smoke_after_start, smoke_flag, smoke_spec_fo
     show_default=True,
     help="Address to listen on (0.0.0.0: every interface).",
 )
-@recheck_trust
-@policy_option
+@trust_options(RECHECK_HELP, policy=True)
 @python_option
 @tls_cert_option
 @tls_key_option
@@ -151,9 +148,7 @@ def serve_cmd(
 @cli.command()
 # A folder, FIFO or device is refused by open_bundle, in one line (formats/source.py).
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True))
-@trust_or_policy_option
-@policy_option
-@signatures_option
+@trust_options(policy=True, signatures=True)
 @click.option(
     "--resume",
     is_flag=True,
@@ -319,9 +314,7 @@ def verify_split(
 # A folder, FIFO or device is refused by open_bundle, in one line (formats/source.py).
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True))
 @click.argument("dest", type=click.Path(path_type=Path))
-@trust_or_policy_option
-@policy_option
-@signatures_option
+@trust_options(policy=True, signatures=True)
 @click.option(
     "--allow-downgrade",
     is_flag=True,
@@ -361,9 +354,9 @@ def unpack(
     --allow-downgrade. A bundle whose target (architecture, OS, C library) does not
     fit this host is refused (exit 1) unless it has a base image for the Docker path
     (then a warning) or --no-host-check is given. The co-signatures are kept in
-    DEST/.airgap so serve/run/build --policy can count them again.
-    (then a warning) or --no-host-check is given. A delta (`airgap delta`) applies
-    only to a DEST holding exactly its base version, checked file by file first:
+    DEST/.airgap so serve/run/build --policy can count them again. A delta (`airgap
+    delta`) applies only to a DEST holding exactly its base version, checked file by
+    file first, and is trusted as a full bundle (--policy, co-signatures, expiry):
       airgap unpack iris-1.1.delta.airgap /srv/models/iris --trust keys/airgap.pub
     """
     from ..deploy.hostcheck import unpack_verdict

@@ -15,7 +15,7 @@ from ..errors import EXIT_ERROR, EXIT_SMOKE, UsageError, escape
 from ..formats.manifest import Manifest
 from ..formats.smoke import SmokeSpec
 from ..formats.source import read_regular
-from ._common import cli, emit_json, funnel, json_option
+from ._common import cli, emit_json, funnel, json_option, trust_options
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -25,14 +25,7 @@ _MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
 
 @cli.command("doctor")
 @click.argument("target", type=click.Path(path_type=Path, exists=True))
-@click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    envvar="AIRGAP_TRUST",
-    help="Verify the bundle (or DEST's stored manifest) with this key (repeatable).",
-)
+@trust_options("Verify the bundle (or DEST's stored manifest) with this key (repeatable).")
 @click.option(
     "-p",
     "--port",
@@ -141,14 +134,9 @@ def report_smoke(result: SmokeResult, as_json: bool) -> None:
     required=True,
     help="The server's base URL, e.g. http://127.0.0.1:5001 (a trailing /score is fine).",
 )
-@click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    envvar="AIRGAP_TRUST",
-    help="Verify the smoke test's manifest with this key (repeatable; default for a DEST: "
-    "the key that verified it at unpack; required for a BUNDLE).",
+@trust_options(
+    "Verify the smoke test's manifest with this key (repeatable; default for a DEST: "
+    "the key that verified it at unpack; required for a BUNDLE)."
 )
 @smoke_options
 @json_option
