@@ -267,8 +267,9 @@ def test_a_full_bundle_reader_refuses_a_delta_by_name(made: Made) -> None:
     assert e.value.diagnostics().startswith(
         "bundle rejected: delta: delta.json: this is a delta bundle (airgap-delta/1)"
     )
-    proc = airgap("doctor", made.delta, "--trust", made.pub)
-    assert "this is a delta bundle" in proc.stdout
+    # doctor knows a delta when it sees one (see the doctor test below), never a full bundle.
+    proc = airgap("doctor", made.delta, "--trust", made.pub, "--port", "1")
+    assert proc.stdout.startswith(f"delta {made.delta} (tiny 1.0.0 -> 1.1.0)\n"), proc.stdout
 
 
 def test_standard_tools_check_a_delta(made: Made, tmp_path: Path) -> None:
@@ -451,15 +452,21 @@ def test_a_carried_member_that_would_escape_dest_is_refused_before_any_write(
     assert snapshot(tmp_path) == before  # nothing written anywhere, no stage left
 
 
+def attackers_delta(made: Made, attacker: KeyPair, where: Path, name: str) -> Path:
+    """``where/evil.delta.airgap``: v1 -> a NEW packed and signed by ``attacker``, whole."""
+    evil = made.packer.pack(f"{name}.airgap", version="1.1.0", score=SCORE_V2, key=attacker.key)
+    delta = where / "evil.delta.airgap"
+    ok(airgap("delta", made.v1, evil, "-o", delta, "--key", attacker.key, "-q"))
+    return delta
+
+
 def test_a_delta_signed_by_an_untrusted_key_is_refused(
     made: Made, tmp_path: Path, attacker: KeyPair
 ) -> None:
     dest = unpacked(made, made.v1, tmp_path / "dest")
     before = snapshot(tmp_path)
     # A whole delta by another key (its NEW packed and signed by that key) ...
-    evil = made.packer.pack("evil2.airgap", version="1.1.0", score=SCORE_V2, key=attacker.key)
-    delta = tmp_path / "evil.delta.airgap"
-    ok(airgap("delta", made.v1, evil, "-o", delta, "--key", attacker.key, "-q"))
+    delta = attackers_delta(made, attacker, tmp_path, "evil2")
     line = rejected(
         airgap("unpack", delta, dest, "--trust", made.pub),
         "bundle rejected: signature: manifest.json.sig: signed by key ",
@@ -541,9 +548,7 @@ def test_a_delta_needs_the_policys_signers_as_a_full_bundle_does(
     report = json.loads(proc.stdout)
     assert report["trust"]["met"] and report["trust"]["counted"] == [made_key_id(made), bob.key_id]
     # The tree, state and co-signature a full unpack of the co-signed NEW gives.
-    v2 = tmp_path / "v2.airgap"
-    shutil.copy(made.v2, v2)
-    ok(airgap("sign", v2, "--key", bob.key))
+    v2 = cosigned(made.v2, tmp_path / "v2.airgap", bob)
     ok(airgap("unpack", v2, tmp_path / "full", "--policy", policy, "-q"))
     assert snapshot(dest) == snapshot(tmp_path / "full")
     assert (dest / ".airgap/cosignatures.json").is_file()
@@ -551,6 +556,13 @@ def test_a_delta_needs_the_policys_signers_as_a_full_bundle_does(
     from bundler.verify.tree import check_unpacked
 
     assert check_unpacked(dest, policy=policy).version == "1.1.0"
+
+
+def cosigned(bundle: Path, out: Path, kp: KeyPair) -> Path:
+    """A copy of ``bundle`` at ``out``, co-signed in it by ``kp`` with `airgap sign`."""
+    shutil.copy(bundle, out)
+    assert "now holds" in ok(airgap("sign", out, "--key", kp.key)).stdout
+    return out
 
 
 def made_key_id(made: Made) -> str:
@@ -576,9 +588,7 @@ def test_co_signatures_of_the_full_bundle_hold_for_its_delta(
     ok(airgap("sign", v2, "--key", bob.key))
     from_signed = tmp_path / "from-signed.airgap"
     ok(airgap("delta", made.v1, v2, "-o", from_signed, "--key", made.key, "-q"))
-    signed_after = tmp_path / "signed-after.airgap"
-    shutil.copy(made.delta, signed_after)
-    ok(airgap("sign", signed_after, "--key", bob.key))
+    signed_after = cosigned(made.delta, tmp_path / "signed-after.airgap", bob)
     assert from_signed.read_bytes() == signed_after.read_bytes()
     assert from_signed.read_bytes().startswith(made.delta.read_bytes()[:512])
     ok(airgap("verify", from_signed, "--policy", policy))
@@ -600,9 +610,7 @@ def test_a_delta_by_a_key_the_policy_lacks_is_refused(
     made, policy = reviewed.made, reviewed.policy
     dest = unpacked(made, made.v1, tmp_path / "dest")
     before = snapshot(dest)
-    evil = made.packer.pack("evil3.airgap", version="1.1.0", score=SCORE_V2, key=attacker.key)
-    delta = tmp_path / "evil.delta.airgap"
-    ok(airgap("delta", made.v1, evil, "-o", delta, "--key", attacker.key, "-q"))
+    delta = attackers_delta(made, attacker, tmp_path, "evil3")
     line = rejected(
         airgap("unpack", delta, dest, "--policy", policy),
         f"bundle rejected: signature: manifest.json.sig: no signature verifies with a key of "
@@ -640,9 +648,7 @@ def test_a_rollback_by_delta_is_refused_under_a_policy_too(
     reviewed: Reviewed, tmp_path: Path
 ) -> None:
     made, bob, policy = reviewed.made, reviewed.bob, reviewed.policy
-    v1 = tmp_path / "v1.airgap"
-    shutil.copy(made.v1, v1)
-    ok(airgap("sign", v1, "--key", bob.key))
+    v1 = cosigned(made.v1, tmp_path / "v1.airgap", bob)
     back = tmp_path / "back.airgap"
     ok(airgap("delta", made.v2, v1, "-o", back, "--key", made.key, "-q"))
     dest = unpacked(made, made.v2, tmp_path / "dest")

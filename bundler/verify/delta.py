@@ -39,7 +39,7 @@ from ..layout import (
 )
 from ..preflight import delta_need, free_space, require
 from ..progress import NullProgress, Progress
-from .policy import MemberTracker, Verified, check_rollback, verify_manifest
+from .policy import MemberTracker, Verified, check_rollback
 from .tree import check_unpacked, open_regular
 from .trustpolicy import check_packer_signature
 from .unpack import (
@@ -51,7 +51,6 @@ from .unpack import (
     _remove,
     _Stage,
     _syncfs,
-    presented_cosignatures,
     read_detached,
     read_installed,
 )
@@ -97,17 +96,7 @@ def _open_checked(
     outer = read_delta_outer(f, limits)
     # The new manifest is trusted exactly as in a full bundle: the same keys or policy, the
     # same co-signatures (members and detached files), the same expiry rule.
-    v = verify_manifest(
-        outer.manifest,
-        outer.signature,
-        (),
-        now=now,
-        limits=limits,
-        cosignatures=presented_cosignatures(
-            outer.cosignatures, outer.manifest, inputs.detached, limits
-        ),
-        policy=inputs.trust_policy,
-    )
+    v = inputs.verify(outer.manifest, outer.signature, outer.cosignatures, now=now, limits=limits)
     # The descriptor carries its packer's signature alone: the key the manifest names.
     check_packer_signature(
         inputs.trust_policy,

@@ -87,6 +87,32 @@ class TrustInputs:
             return load_policy(self.policy)
         return from_trusted_keys(load_trusted_keys(self.trust))
 
+    def verify(
+        self,
+        manifest: bytes,
+        signature: bytes,
+        members: Sequence[tuple[str, bytes]],
+        *,
+        now: int,
+        limits: Limits,
+    ) -> Verified:
+        """The manifest's trust decision (``policy.verify_manifest``) with these inputs, for
+        a full bundle and a delta alike: the policy (or ``--trust``), and the co-signature
+        ``members`` of the outer archive, then the detached files'.
+
+        Raises:
+            as ``policy.verify_manifest``; SignatureError: a malformed detached file.
+        """
+        return verify_manifest(
+            manifest,
+            signature,
+            (),
+            now=now,
+            limits=limits,
+            cosignatures=presented_cosignatures(members, manifest, self.detached, limits),
+            policy=self.trust_policy,
+        )
+
     def packer_key_files(self) -> list[Path]:
         """The key files of :func:`trustpolicy.packer_keys`, for a split bundle's part index
         (read by ``open_bundle``, which takes files)."""
@@ -146,18 +172,9 @@ def _open_checked(
     ``after_manifest`` runs once the signed manifest is verified, before the payload is
     hashed (unpack's free-space preflight: refuse early, on sizes that are signed).
     """
-    policy = inputs.trust_policy
     outer = read_outer(f, limits)
-    verified = verify_manifest(
-        outer.manifest,
-        outer.signature,
-        (),
-        now=now,
-        limits=limits,
-        cosignatures=presented_cosignatures(
-            outer.cosignatures, outer.manifest, inputs.detached, limits
-        ),
-        policy=policy,
+    verified = inputs.verify(
+        outer.manifest, outer.signature, outer.cosignatures, now=now, limits=limits
     )
     outer.check_times(verified.manifest.created)
     if after_manifest is not None:
