@@ -48,6 +48,9 @@ def read_unverified(
                 delta = read_delta_outer(f)
                 manifest = parse_manifest(delta.manifest)
                 present = [PresentSignature(OUTER_SIGNATURE, manifest.signer)]
+                present += [
+                    PresentSignature(cosignature_member(k), k) for k, _ in delta.cosignatures
+                ]
                 return manifest, present, parse_descriptor(delta.descriptor)
             outer = read_outer(f)
         except OSError as e:

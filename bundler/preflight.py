@@ -8,7 +8,7 @@ documented in README.md ("Before unpacking") and docs/docker.md ("Build prefligh
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -97,6 +97,24 @@ def unpack_need(manifest: Manifest, manifest_bytes: int, block: int) -> Need:
     margin.
     """
     files = [(f.path, f.size) for f in manifest.files]
+    files += [(".airgap/manifest.json", manifest_bytes), *_STATE_SMALL_FILES]
+    return tree_need(files, block)
+
+
+def delta_need(
+    new: Manifest, carried: Collection[str], base: Manifest, manifest_bytes: int, block: int
+) -> Need:
+    """What applying a delta allocates beside DEST (docs/format.md §13.4).
+
+    That is the carried files, copies of the reused files whose mode changes (never
+    hardlinked), the state files, and an inode for every file and folder: a reflink or a
+    hardlink needs no data blocks. ``base`` is DEST's manifest, shown to be the delta's base.
+    """
+    modes = {(e.sha256, e.size): e.mode for e in base.files}
+    files = [
+        (e.path, e.size if e.path in carried or modes.get((e.sha256, e.size)) != e.mode else 0)
+        for e in new.files
+    ]
     files += [(".airgap/manifest.json", manifest_bytes), *_STATE_SMALL_FILES]
     return tree_need(files, block)
 

@@ -74,6 +74,7 @@ class Packer:
         model: dict[str, tuple[bytes, int]] | None = None,
         key: Path | None = None,
         extra: tuple[str | Path, ...] = (),
+        toml: str = "",
     ) -> Path:
         project = self.root / f"proj-{out}"
         shutil.rmtree(project, ignore_errors=True)
@@ -86,7 +87,7 @@ class Packer:
             os.chmod(project / "model" / rel, mode)
         (project / "bundle.toml").write_text(
             f'name = "{name}"\nversion = "{version}"\nentry_script = "score.py"\n'
-            'model = "model"\nlock = "requirements.lock"\n\n[target]\npython = "3.11"\n'
+            f'model = "model"\nlock = "requirements.lock"\n{toml}\n[target]\npython = "3.11"\n'
             'platforms = ["manylinux_2_28_x86_64"]\n'
         )
         bundle = self.root / out
@@ -266,8 +267,9 @@ def test_a_full_bundle_reader_refuses_a_delta_by_name(made: Made) -> None:
     assert e.value.diagnostics().startswith(
         "bundle rejected: delta: delta.json: this is a delta bundle (airgap-delta/1)"
     )
-    proc = airgap("doctor", made.delta, "--trust", made.pub)
-    assert "this is a delta bundle" in proc.stdout
+    # doctor knows a delta when it sees one (see the doctor test below), never a full bundle.
+    proc = airgap("doctor", made.delta, "--trust", made.pub, "--port", "1")
+    assert proc.stdout.startswith(f"delta {made.delta} (tiny 1.0.0 -> 1.1.0)\n"), proc.stdout
 
 
 def test_standard_tools_check_a_delta(made: Made, tmp_path: Path) -> None:
@@ -450,15 +452,21 @@ def test_a_carried_member_that_would_escape_dest_is_refused_before_any_write(
     assert snapshot(tmp_path) == before  # nothing written anywhere, no stage left
 
 
+def attackers_delta(made: Made, attacker: KeyPair, where: Path, name: str) -> Path:
+    """``where/evil.delta.airgap``: v1 -> a NEW packed and signed by ``attacker``, whole."""
+    evil = made.packer.pack(f"{name}.airgap", version="1.1.0", score=SCORE_V2, key=attacker.key)
+    delta = where / "evil.delta.airgap"
+    ok(airgap("delta", made.v1, evil, "-o", delta, "--key", attacker.key, "-q"))
+    return delta
+
+
 def test_a_delta_signed_by_an_untrusted_key_is_refused(
     made: Made, tmp_path: Path, attacker: KeyPair
 ) -> None:
     dest = unpacked(made, made.v1, tmp_path / "dest")
     before = snapshot(tmp_path)
     # A whole delta by another key (its NEW packed and signed by that key) ...
-    evil = made.packer.pack("evil2.airgap", version="1.1.0", score=SCORE_V2, key=attacker.key)
-    delta = tmp_path / "evil.delta.airgap"
-    ok(airgap("delta", made.v1, evil, "-o", delta, "--key", attacker.key, "-q"))
+    delta = attackers_delta(made, attacker, tmp_path, "evil2")
     line = rejected(
         airgap("unpack", delta, dest, "--trust", made.pub),
         "bundle rejected: signature: manifest.json.sig: signed by key ",
@@ -483,6 +491,228 @@ def test_a_delta_signed_by_an_untrusted_key_is_refused(
     after.pop("evil.delta.airgap")
     after.pop("resigned.airgap")
     assert after == before
+
+
+# ---- trust: the rules of a full bundle (keys, --policy, co-signatures, expiry) --------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Reviewed:
+    """``made`` plus a reviewer's key pair and a policy needing both the packer and him."""
+
+    made: Made
+    bob: KeyPair
+    policy: Path
+
+
+@pytest.fixture(scope="module")
+def reviewed(made: Made, tmp_path_factory: pytest.TempPathFactory) -> Reviewed:
+    from conftest import _keypair
+
+    root = tmp_path_factory.mktemp("review")
+    bob = _keypair(root / "bob")
+    policy = root / "policy.toml"
+    policy.write_text(
+        'format = "airgap-trust-policy/1"\n\n[keys]\n'
+        f'alice = "{made.pub}"\nbob = "{bob.pub}"\n\n'
+        '[[rules]]\nbundles = ["tiny"]\nkeys = ["alice", "bob"]\nthreshold = 2\n'
+    )
+    return Reviewed(made, bob, policy)
+
+
+def test_a_delta_needs_the_policys_signers_as_a_full_bundle_does(
+    reviewed: Reviewed, tmp_path: Path
+) -> None:
+    made, bob, policy = reviewed.made, reviewed.bob, reviewed.policy
+    dest = unpacked(made, made.v1, tmp_path / "dest")
+    before = snapshot(dest)
+    delta = tmp_path / "d.airgap"
+    shutil.copy(made.delta, delta)
+    # One signer of two: refused by verify and unpack, naming the rule and the missing key,
+    # with the very line a full bundle gets.
+    want = (
+        "bundle rejected: trust: manifest.json.sig: 1 of 2 required signatures; missing 1 "
+        f"more from: bob ({bob.key_id[:16]}...)"
+    )
+    full = rejected(airgap("verify", made.v2, "--policy", policy), want)
+    assert rejected(airgap("verify", delta, "--policy", policy), want) == full
+    assert rejected(airgap("unpack", delta, dest, "--policy", policy), want) == full
+    assert snapshot(dest) == before
+    # Co-signed in the delta itself (`airgap sign` works on a delta): accepted.
+    signed = ok(airgap("sign", delta, "--key", bob.key))
+    assert "now holds 1 co-signature(s)" in signed.stdout
+    out = ok(airgap("verify", delta, "--policy", policy)).stdout.splitlines()
+    assert out[0].startswith("OK: delta tiny 1.0.0 -> 1.1.0, 3 carried files")
+    assert out[1].startswith("trust: 2 of 2 required signatures (2 of 2 keys of ")
+    proc = ok(airgap("unpack", delta, dest, "--policy", policy, "--json", "-q"))
+    report = json.loads(proc.stdout)
+    assert report["trust"]["met"] and report["trust"]["counted"] == [made_key_id(made), bob.key_id]
+    # The tree, state and co-signature a full unpack of the co-signed NEW gives.
+    v2 = cosigned(made.v2, tmp_path / "v2.airgap", bob)
+    ok(airgap("unpack", v2, tmp_path / "full", "--policy", policy, "-q"))
+    assert snapshot(dest) == snapshot(tmp_path / "full")
+    assert (dest / ".airgap/cosignatures.json").is_file()
+    # The co-signature is kept in DEST, so serve/run --policy can count it again.
+    from bundler.verify.tree import check_unpacked
+
+    assert check_unpacked(dest, policy=policy).version == "1.1.0"
+
+
+def cosigned(bundle: Path, out: Path, kp: KeyPair) -> Path:
+    """A copy of ``bundle`` at ``out``, co-signed in it by ``kp`` with `airgap sign`."""
+    shutil.copy(bundle, out)
+    assert "now holds" in ok(airgap("sign", out, "--key", kp.key)).stdout
+    return out
+
+
+def made_key_id(made: Made) -> str:
+    from bundler.formats.signing import load_trusted_keys
+
+    return load_trusted_keys([made.pub])[0].key_id
+
+
+def test_co_signatures_of_the_full_bundle_hold_for_its_delta(
+    reviewed: Reviewed, tmp_path: Path
+) -> None:
+    made, bob, policy = reviewed.made, reviewed.bob, reviewed.policy
+    # A detached signature file made for the full NEW: same manifest bytes, so it holds.
+    v2 = tmp_path / "v2.airgap"
+    shutil.copy(made.v2, v2)
+    ok(airgap("sign", v2, "--key", bob.key, "--detached"))
+    sig = tmp_path / "v2.airgap.sig"
+    ok(airgap("verify", made.delta, "--policy", policy, "--signatures", sig))
+    dest = unpacked(made, made.v1, tmp_path / "dest")
+    ok(airgap("unpack", made.delta, dest, "--policy", policy, "--signatures", sig, "-q"))
+    # A delta made from a co-signed NEW carries its co-signatures, and is byte for byte the
+    # delta co-signed afterwards: the output stays reproducible.
+    ok(airgap("sign", v2, "--key", bob.key))
+    from_signed = tmp_path / "from-signed.airgap"
+    ok(airgap("delta", made.v1, v2, "-o", from_signed, "--key", made.key, "-q"))
+    signed_after = cosigned(made.delta, tmp_path / "signed-after.airgap", bob)
+    assert from_signed.read_bytes() == signed_after.read_bytes()
+    assert from_signed.read_bytes().startswith(made.delta.read_bytes()[:512])
+    ok(airgap("verify", from_signed, "--policy", policy))
+    again = ok(airgap("sign", from_signed, "--key", bob.key)).stdout
+    assert again.startswith("unchanged: ")
+    # A delta with no co-signature keeps the bytes it had before co-signatures existed.
+    tar = subprocess.run(["tar", "-tf", made.delta], capture_output=True, text=True, check=True)
+    assert tar.stdout.split() == [
+        "delta.json", "delta.json.sig", "payload.tar.zst", "manifest.json.zst",
+        "manifest.json.sig",
+    ]  # fmt: skip
+    tar = subprocess.run(["tar", "-tf", from_signed], capture_output=True, text=True, check=True)
+    assert tar.stdout.split()[5:] == [f"manifest.json.sig.{bob.key_id}"]
+
+
+def test_a_delta_by_a_key_the_policy_lacks_is_refused(
+    reviewed: Reviewed, tmp_path: Path, attacker: KeyPair
+) -> None:
+    made, policy = reviewed.made, reviewed.policy
+    dest = unpacked(made, made.v1, tmp_path / "dest")
+    before = snapshot(dest)
+    delta = attackers_delta(made, attacker, tmp_path, "evil3")
+    line = rejected(
+        airgap("unpack", delta, dest, "--policy", policy),
+        f"bundle rejected: signature: manifest.json.sig: no signature verifies with a key of "
+        f"{policy} (manifest.json.sig unknown)",
+    )
+    assert "\x1b" not in line
+    # The trusted keys co-sign the attacker's manifest, but the descriptor is still his
+    # alone: a delta's descriptor must verify with its packer's key, which must be trusted.
+    ok(airgap("sign", delta, "--key", reviewed.bob.key))
+    ok(airgap("sign", delta, "--key", made.key))
+    rejected(
+        airgap("unpack", delta, dest, "--policy", policy),
+        f"bundle rejected: signature: delta.json.sig: signed by the packer's key "
+        f"{attacker.key_id[:16]}..., which is not a key of {policy}",
+    )
+    assert snapshot(dest) == before
+
+
+def test_an_expired_delta_is_refused_as_a_full_bundle_is(made: Made, tmp_path: Path) -> None:
+    # Packed with SOURCE_DATE_EPOCH in 2023 and expiring a day later: long expired.
+    v3 = made.packer.pack("v3.airgap", version="1.2.0", score=SCORE_V2, toml="expires = 1\n")
+    delta = tmp_path / "v3.delta.airgap"
+    ok(airgap("delta", made.v1, v3, "-o", delta, "--key", made.key, "-q"))
+    dest = unpacked(made, made.v1, tmp_path / "dest")
+    before = snapshot(dest)
+    want = f"bundle rejected: expiry: manifest.json: expired at {EPOCH + 86400} (now "
+    full = rejected(airgap("verify", v3, "--trust", made.pub), want)
+    for command in (("verify", delta), ("unpack", delta, dest)):
+        line = rejected(airgap(*command, "--trust", made.pub), want)
+        assert line.split(" epoch seconds)")[1] == full.split(" epoch seconds)")[1]
+    assert snapshot(dest) == before
+
+
+def test_a_rollback_by_delta_is_refused_under_a_policy_too(
+    reviewed: Reviewed, tmp_path: Path
+) -> None:
+    made, bob, policy = reviewed.made, reviewed.bob, reviewed.policy
+    v1 = cosigned(made.v1, tmp_path / "v1.airgap", bob)
+    back = tmp_path / "back.airgap"
+    ok(airgap("delta", made.v2, v1, "-o", back, "--key", made.key, "-q"))
+    dest = unpacked(made, made.v2, tmp_path / "dest")
+    before = snapshot(dest)
+    rejected(
+        airgap("unpack", back, dest, "--policy", policy),
+        "bundle rejected: rollback: manifest.json: bundle tiny 1.0.0 is older than tiny 1.1.0",
+    )
+    assert snapshot(dest) == before
+    ok(airgap("unpack", back, dest, "--policy", policy, "--allow-downgrade", "-q"))
+
+
+# ---- doctor ---------------------------------------------------------------------------------
+
+
+def test_doctor_names_the_base_a_delta_needs_and_whether_dest_holds_it(
+    made: Made, tmp_path: Path
+) -> None:
+    def doctor(*args: str | Path) -> dict[str, dict[str, object]]:
+        proc = airgap("doctor", made.delta, "--port", "1", "--json", *args)
+        report = json.loads(proc.stdout)
+        assert report["kind"] == "delta" and report["version"] == "1.1.0", report
+        assert report["base"]["version"] == "1.0.0"
+        assert report["base"]["manifest_sha256"] == base_sha
+        return {c["name"]: c for c in report["checks"]}
+
+    base_sha = json.loads(ok(airgap("inspect", made.delta, "--json")).stdout)["delta"]["base"][
+        "manifest_sha256"
+    ]
+    # No DEST given: what it needs, and how to check one.
+    c = doctor("--trust", made.pub)
+    assert c["manifest"]["status"] == "ok" and c["manifest"]["detail"].startswith(
+        "delta tiny 1.0.0 -> 1.1.0: signatures, descriptor and 3 carried files verify with "
+    )
+    assert c["base"]["status"] == "warn"
+    assert c["base"]["detail"] == (
+        f"needs tiny 1.0.0 (manifest sha256 {base_sha}); pass --dest DIR to check a DEST"
+    )
+    # A DEST holding the base: ok, and the space check counts what applying writes.
+    base = unpacked(made, made.v1, tmp_path / "base")
+    c = doctor("--dest", base)
+    assert c["manifest"]["status"] == "warn"  # no --trust: read, not verified
+    assert c["base"]["status"] == "ok" and c["base"]["holds"] is True
+    assert c["base"]["detail"].startswith(f"{base} holds the base tiny 1.0.0 (manifest sha256 ")
+    assert c["space"]["status"] == "ok" and "needed to apply the delta" in c["space"]["detail"]
+    full_need = json.loads(airgap("doctor", made.v2, "--dest", base, "--json").stdout)
+    full = {x["name"]: x for x in full_need["checks"]}["space"]["needed_bytes"]
+    assert c["space"]["needed_bytes"] < full
+    # A DEST at another version, an empty one: fail, with the line unpack would print.
+    other = unpacked(made, made.v2, tmp_path / "other")
+    c = doctor("--dest", other, "--trust", made.pub)
+    assert c["base"]["status"] == "fail" and c["base"]["holds"] is False
+    assert c["base"]["detail"].startswith(
+        f"bundle rejected: delta: .airgap/manifest.json: {other} holds tiny 1.1.0 "
+    )
+    line = rejected(airgap("unpack", made.delta, other, "--trust", made.pub), "bundle rejected")
+    assert c["base"]["detail"] == line
+    (tmp_path / "empty").mkdir()
+    c = doctor("--dest", tmp_path / "empty")
+    assert c["base"]["status"] == "fail" and "holds no unpacked bundle" in c["base"]["detail"]
+    # The human output: one line naming the delta, one per check.
+    text = airgap("doctor", made.delta, "--dest", base, "--port", "1").stdout.splitlines()
+    assert text[0] == f"delta {made.delta} (tiny 1.0.0 -> 1.1.0)"
+    assert any(t.startswith("  ok    base      ") for t in text), text
 
 
 # ---- kill -9 mid-apply ----------------------------------------------------------------------

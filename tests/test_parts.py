@@ -428,6 +428,33 @@ def test_an_index_signed_by_an_untrusted_key_is_rejected(
     assert attacker.key_id[:16] in line and "not trusted here" in line
 
 
+def test_a_policy_holds_for_the_bundle_the_parts_join_into(
+    split: Split, publisher: KeyPair, attacker: KeyPair, tmp_path: Path
+) -> None:
+    # The index is verified with the policy's keys (one packer signs it), but the joined
+    # bundle must meet the policy's threshold as a whole bundle must: 2 of 2 here.
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f'format = "airgap-trust-policy/1"\n[keys]\npub = "{publisher.pub}"\n'
+        f'other = "{attacker.pub}"\n[[rules]]\nthreshold = 2\n'
+    )
+    for command in (("verify", split.index), ("unpack", split.index, tmp_path / "dest")):
+        proc = airgap(*command, "--policy", policy)
+        assert proc.returncode == EXIT_REJECTED, proc.stdout + proc.stderr
+        assert proc.stderr.splitlines()[-1].startswith(
+            "bundle rejected: trust: manifest.json.sig: 1 of 2 required signatures; missing 1 "
+            f"more from: other ({attacker.key_id[:16]}...)"
+        ), proc.stderr
+    assert not (tmp_path / "dest").exists()
+    # The co-signature in a detached file (for the joined bundle's manifest) meets it.
+    sig = tmp_path / "m.airgap.sig"
+    done = airgap("sign", split.bundle, "--key", attacker.key, "--detached", "--out", sig)
+    assert done.returncode == 0, done.stderr
+    proc = airgap("verify", split.index, "--policy", policy, "--signatures", sig)
+    assert proc.returncode == 0, proc.stderr
+    assert "trust: 2 of 2 required signatures" in proc.stdout
+
+
 def test_a_fifo_planted_as_a_part_is_refused_not_waited_on(
     split: Split, publisher: KeyPair
 ) -> None:

@@ -54,48 +54,60 @@ def emit_json(data: Any) -> None:
 
 # Options and arguments several commands share.
 _TRUST_HELP = "Trusted public key file, or a folder of *.pub / *.pem keys (repeatable)."
-trust_option = click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    required=True,
-    type=click.Path(path_type=Path),
-    help=_TRUST_HELP,
-    envvar="AIRGAP_TRUST",
+RECHECK_HELP = (
+    "Re-check DEST against this trusted key (repeatable; default: the key that verified it "
+    "at unpack)."
 )
-recheck_trust = click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    envvar="AIRGAP_TRUST",
-    help="Re-check DEST against this trusted key (repeatable; default: the key that "
-    "verified it at unpack).",
+_POLICY_HELP = (
+    "Trust policy file (TOML or .json): which keys count and how many distinct ones a bundle "
+    "needs, per name (docs/format.md §6.2). Replaces --trust."
 )
-# Revision 1.4: --trust is optional where --policy may take its place; ``need_trust`` checks.
-trust_or_policy_option = click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help=_TRUST_HELP + " Or --policy.",
-    envvar="AIRGAP_TRUST",
+_SIGNATURES_HELP = (
+    "Detached co-signature file from `airgap sign --detached` (repeatable; default: "
+    "BUNDLE.sig when it exists)."
 )
-policy_option = click.option(
-    "--policy",
-    "policy",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Trust policy file (TOML or .json): which keys count and how many distinct ones "
-    "a bundle needs, per name (docs/format.md §6.2). Replaces --trust.",
-)
-signatures_option = click.option(
-    "--signatures",
-    "signatures",
-    multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Detached co-signature file from `airgap sign --detached` (repeatable; default: "
-    "BUNDLE.sig when it exists).",
-)
+
+
+def trust_options(
+    trust_help: str = _TRUST_HELP + " Or --policy.",
+    *,
+    required: bool = False,
+    policy: bool = False,
+    signatures: bool = False,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """The trust options of one command, declared once for all: ``--trust`` (repeatable,
+    ``AIRGAP_TRUST``; ``trust_help`` says what it does there), then ``--policy`` and
+    ``--signatures`` where the command takes them (``need_trust`` checks the combination).
+    """
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        # Applied innermost first, so --help lists --trust, --policy, --signatures.
+        if signatures:
+            fn = click.option(
+                "--signatures",
+                "signatures",
+                multiple=True,
+                type=click.Path(path_type=Path, dir_okay=False),
+                help=_SIGNATURES_HELP,
+            )(fn)
+        if policy:
+            fn = click.option(
+                "--policy",
+                "policy",
+                type=click.Path(path_type=Path, dir_okay=False),
+                help=_POLICY_HELP,
+            )(fn)
+        return click.option(
+            "--trust",
+            "trust",
+            multiple=True,
+            required=required,
+            type=click.Path(path_type=Path),
+            envvar="AIRGAP_TRUST",
+            help=trust_help,
+        )(fn)
+
+    return decorate
 
 
 def need_trust(trust: tuple[Path, ...], policy: Path | None, *, required: bool = True) -> None:

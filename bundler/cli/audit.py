@@ -12,7 +12,7 @@ import click
 
 from ..audit.report import DEFAULT_MAX_AGE, AuditReport, audit, parse_age
 from ..errors import EXIT_DATABASE, EXIT_FINDINGS, EXIT_OK
-from ._common import cli, emit_json, funnel, json_option
+from ._common import cli, emit_json, funnel, json_option, trust_options
 
 
 def _safe(text: str) -> str:
@@ -114,14 +114,9 @@ def _print_table(report: AuditReport, max_age: str) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="OSV's advisory snapshot for PyPI: the all.zip of <ID>.json records.",
 )
-@click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    envvar="AIRGAP_TRUST",
-    help="Verify a BUNDLE with this trusted key first (file or folder, repeatable); for a "
-    "DEST, re-check its stored manifest with it (default: the key recorded at unpack).",
+@trust_options(
+    "Verify a BUNDLE with this trusted key first (file or folder, repeatable); for a "
+    "DEST, re-check its stored manifest with it (default: the key recorded at unpack)."
 )
 @click.option(
     "--max-age",

@@ -9,6 +9,7 @@ import click
 from ..errors import BundleError, UsageError
 from ..formats.smoke import SmokeSpec
 from ._common import (
+    RECHECK_HELP,
     auth_key_file_option,
     cli,
     dest_arg,
@@ -17,12 +18,11 @@ from ._common import (
     json_option,
     metrics_port_option,
     need_trust,
-    policy_option,
     python_option,
-    recheck_trust,
     tls_cert_option,
     tls_key_option,
     to_stderr,
+    trust_options,
 )
 from .ops import own_server_extras, smoke_after_start, smoke_flag, smoke_spec_for
 
@@ -46,8 +46,7 @@ from .ops import own_server_extras, smoke_after_start, smoke_flag, smoke_spec_fo
     help="Also build the data-only images (site-packages, prefix, model) that `airgap push` "
     "sends to a registry for Kubernetes.",
 )
-@recheck_trust
-@policy_option
+@trust_options(RECHECK_HELP, policy=True)
 @click.option("-q", "--quiet", is_flag=True, help="Do not show the build log.")
 @json_option
 @funnel
@@ -145,8 +144,7 @@ def build_cmd(
     help="Seconds to wait for the server to answer GET /.",
 )
 @click.option("--local", is_flag=True, help="No Docker: serve DEST with the local runner.")
-@recheck_trust
-@policy_option
+@trust_options(RECHECK_HELP, policy=True)
 @python_option
 @tls_cert_option
 @tls_key_option

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from ._common import cli, dest_arg, emit_json, funnel, json_option, recheck_trust, to_stderr
+from ._common import (
+    RECHECK_HELP,
+    cli,
+    dest_arg,
+    emit_json,
+    funnel,
+    json_option,
+    to_stderr,
+    trust_options,
+)
 
 
 @cli.command("push")
@@ -40,7 +49,7 @@ from ._common import cli, dest_arg, emit_json, funnel, json_option, recheck_trus
     type=click.Choice(["normal", "baked", "data", "data-init"]),
     help="Push only these of the built images (repeatable; default: all built).",
 )
-@recheck_trust
+@trust_options(RECHECK_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="Do not show the push log.")
 @json_option
 @funnel
@@ -150,7 +159,7 @@ def deploy_group() -> None:
     help="TLS certificate, as a Secret with --tls-key.",
 )
 @click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False))
-@recheck_trust
+@trust_options(RECHECK_HELP)
 @json_option
 @funnel
 def deploy_k8s_cmd(
@@ -264,7 +273,7 @@ def _status_json(st: object) -> dict[str, object]:
     type=click.FloatRange(1),
     help="Seconds to wait for every replica to be healthy.",
 )
-@recheck_trust
+@trust_options(RECHECK_HELP)
 @json_option
 @funnel
 def deploy_swarm_cmd(
@@ -311,7 +320,7 @@ def deploy_swarm_cmd(
 
 @cli.command("status")
 @dest_arg
-@recheck_trust
+@trust_options(RECHECK_HELP)
 @json_option
 @funnel
 def status_cmd(dest: Path, trust: tuple[Path, ...], as_json: bool) -> None:
@@ -332,7 +341,7 @@ def status_cmd(dest: Path, trust: tuple[Path, ...], as_json: bool) -> None:
 
 @cli.command("undeploy")
 @dest_arg
-@recheck_trust
+@trust_options(RECHECK_HELP)
 @json_option
 @funnel
 def undeploy_cmd(dest: Path, trust: tuple[Path, ...], as_json: bool) -> None:

@@ -15,6 +15,7 @@ from ..verify.unpack import TrustInputs
 from ..verify.unpack import unpack as unpack_bundle
 from ..verify.unpack import verify as verify_bundle
 from ._common import (
+    RECHECK_HELP,
     auth_key_file_option,
     cli,
     dest_arg,
@@ -23,18 +24,15 @@ from ._common import (
     json_option,
     metrics_port_option,
     need_trust,
-    policy_option,
     progress,
     python_option,
     quiet_option,
-    recheck_trust,
-    signatures_option,
     summary,
     tls_cert_option,
     tls_key_option,
     to_stderr,
     trust_lines,
-    trust_or_policy_option,
+    trust_options,
     trust_report,
 )
 from .delta import delta_summary
@@ -57,8 +55,7 @@ from .ops import own_server_extras, smoke_after_start, smoke_flag, smoke_spec_fo
     show_default=True,
     help="Address to listen on (0.0.0.0: every interface).",
 )
-@recheck_trust
-@policy_option
+@trust_options(RECHECK_HELP, policy=True)
 @python_option
 @tls_cert_option
 @tls_key_option
@@ -151,9 +148,7 @@ def serve_cmd(
 @cli.command()
 # A folder, FIFO or device is refused by open_bundle, in one line (formats/source.py).
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True))
-@trust_or_policy_option
-@policy_option
-@signatures_option
+@trust_options(policy=True, signatures=True)
 @click.option(
     "--resume",
     is_flag=True,
@@ -207,8 +202,11 @@ def verify(
     """
     need_trust(trust, policy)
     if is_parts_index(bundle):
-        keys = tuple(TrustInputs(trust, policy).index_keys())
-        verify_split(bundle, keys, resume, wait, state_file, quiet, as_json)
+        keys = tuple(TrustInputs(trust, policy).packer_key_files())
+        verify_split(
+            bundle, keys, resume, wait, state_file, quiet, as_json,
+            policy=policy, signatures=signatures,
+        )  # fmt: skip
         return
     if resume or wait or state_file is not None:
         raise UsageError(
@@ -243,6 +241,8 @@ def verify(
             f"({escape(str(verified.key.source))}); applies to "
             f"{escape(delta.base.name)} {escape(delta.base.version)}"
         )
+        for line in trust_lines(verified):
+            click.echo(line)
         return
     # Name and version come from the bundle: escaped, so they cannot forge lines (JSON is
     # safe as it is).
@@ -262,8 +262,12 @@ def verify_split(
     state_file: Path | None,
     quiet: bool,
     as_json: bool,
+    *,
+    policy: Path | None = None,
+    signatures: tuple[Path, ...] = (),
 ) -> None:
-    """`verify` of a part index: a line per part as it is judged, then the bundle's."""
+    """`verify` of a part index: a line per part as it is judged, then the bundle's (trusted
+    by ``policy`` when given, as a whole bundle is)."""
     from ..verify.parts import PartResult, verify_parts
 
     def on_part(result: PartResult) -> None:
@@ -281,6 +285,8 @@ def verify_split(
         on_part=on_part,
         warn=lambda line: to_stderr(f"warning: {line}"),
         progress=progress(quiet or as_json),
+        policy=policy,
+        signature_files=list(signatures) or None,
     )
     m = verified.manifest
     if as_json:
@@ -291,6 +297,7 @@ def verify_split(
                 "trusted_key": str(verified.key.source),
                 "parts": [r.to_json_dict() for r in checked.results],
                 **summary(m),
+                **trust_report(verified),
                 "bundle_size": checked.index.bundle.size,
             }
         )
@@ -299,15 +306,15 @@ def verify_split(
         f"OK: {m.name} {m.version}, {len(checked.index.parts)} parts, "
         f"{m.payload.file_count} files, signed by {m.signer[:16]}... ({verified.key.source})"
     )
+    for line in trust_lines(verified):
+        click.echo(line)
 
 
 @cli.command()
 # A folder, FIFO or device is refused by open_bundle, in one line (formats/source.py).
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True))
 @click.argument("dest", type=click.Path(path_type=Path))
-@trust_or_policy_option
-@policy_option
-@signatures_option
+@trust_options(policy=True, signatures=True)
 @click.option(
     "--allow-downgrade",
     is_flag=True,
@@ -347,9 +354,9 @@ def unpack(
     --allow-downgrade. A bundle whose target (architecture, OS, C library) does not
     fit this host is refused (exit 1) unless it has a base image for the Docker path
     (then a warning) or --no-host-check is given. The co-signatures are kept in
-    DEST/.airgap so serve/run/build --policy can count them again.
-    (then a warning) or --no-host-check is given. A delta (`airgap delta`) applies
-    only to a DEST holding exactly its base version, checked file by file first:
+    DEST/.airgap so serve/run/build --policy can count them again. A delta (`airgap
+    delta`) applies only to a DEST holding exactly its base version, checked file by
+    file first, and is trusted as a full bundle (--policy, co-signatures, expiry):
       airgap unpack iris-1.1.delta.airgap /srv/models/iris --trust keys/airgap.pub
     """
     from ..deploy.hostcheck import unpack_verdict
@@ -376,16 +383,18 @@ def unpack(
         d = verified.descriptor
         if as_json:
             emit_json(
-                {"ok": True, "dest": str(dest), **summary(m), "delta": delta_summary(d),
-                 "reused": verified.reused}
+                {"ok": True, "dest": str(dest), **summary(m), **trust_report(verified),
+                 "delta": delta_summary(d), "reused": verified.reused}
             )  # fmt: skip
             return
         how = ", ".join(f"{n} by {k}" for k, n in sorted(verified.reused.items()))
         click.echo(
-            f"applied delta {m.name} {d.base.version} -> {m.version} to {dest} "
-            f"({m.payload.file_count} files: {d.payload.file_count} carried"
-            f"{', ' + how if how else ''})"
+            f"applied delta {escape(m.name)} {escape(d.base.version)} -> {escape(m.version)} "
+            f"to {escape(str(dest))} ({m.payload.file_count} files: {d.payload.file_count} "
+            f"carried{', ' + how if how else ''})"
         )
+        for line in trust_lines(verified):
+            click.echo(line)
         return
     if as_json:
         emit_json(

@@ -27,6 +27,7 @@ from ._common import (
     quiet_option,
     read_passphrase,
     summary,
+    trust_options,
 )
 from .delta import delta_lines, delta_summary, make_delta_file
 from .parts import size_callback, split_and_report
@@ -336,14 +337,9 @@ def pack(
     help="Print the bundle's CycloneDX SBOM (sbom/bom.cdx.json) instead, streamed out of "
     "the payload and checked against the manifest's sha256 before it is printed.",
 )
-@click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    envvar="AIRGAP_TRUST",
-    help="With --sbom: verify the bundle's signature and payload with this trusted key "
-    "(file or folder, repeatable) before printing.",
+@trust_options(
+    "With --sbom: verify the bundle's signature and payload with this trusted key "
+    "(file or folder, repeatable) before printing."
 )
 @json_option
 @funnel

@@ -15,7 +15,7 @@ from ..errors import EXIT_ERROR, EXIT_SMOKE, UsageError, escape
 from ..formats.manifest import Manifest
 from ..formats.smoke import SmokeSpec
 from ..formats.source import read_regular
-from ._common import cli, emit_json, funnel, json_option
+from ._common import cli, emit_json, funnel, json_option, trust_options
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -25,14 +25,7 @@ _MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
 
 @cli.command("doctor")
 @click.argument("target", type=click.Path(path_type=Path, exists=True))
-@click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    envvar="AIRGAP_TRUST",
-    help="Verify the bundle (or DEST's stored manifest) with this key (repeatable).",
-)
+@trust_options("Verify the bundle (or DEST's stored manifest) with this key (repeatable).")
 @click.option(
     "-p",
     "--port",
@@ -67,7 +60,9 @@ def doctor_cmd(
     manifest (verified with --trust, else read unverified), the host's fit with the
     target, the Python the local runner would use, the Docker engine and its data
     root, and whether the port is free. Each check is ok, warn or FAIL; exit 0 when
-    none fails, 1 otherwise. Writes nothing.
+    none fails, 1 otherwise. Writes nothing. For a delta (`airgap delta`) a `base`
+    line names the base it needs (name, version, manifest sha256) and whether --dest
+    holds it, and the space check counts what applying it writes.
     """
     from ..deploy.doctor import diagnose
 
@@ -78,6 +73,8 @@ def doctor_cmd(
         m = report.manifest
         # Names, versions and details quote the bundle and DEST: escaped, one line each.
         what = f"{escape(m.name)} {escape(m.version)}" if m else "unreadable"
+        if m and report.delta is not None:
+            what = f"{escape(m.name)} {escape(report.delta.base.version)} -> {escape(m.version)}"
         click.echo(f"{report.kind} {escape(str(report.subject))} ({what})")
         for c in report.checks:
             click.echo(f"  {_MARK[c.status]}  {c.name:<9} {escape(c.detail)}")
@@ -137,14 +134,9 @@ def report_smoke(result: SmokeResult, as_json: bool) -> None:
     required=True,
     help="The server's base URL, e.g. http://127.0.0.1:5001 (a trailing /score is fine).",
 )
-@click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    envvar="AIRGAP_TRUST",
-    help="Verify the smoke test's manifest with this key (repeatable; default for a DEST: "
-    "the key that verified it at unpack; required for a BUNDLE).",
+@trust_options(
+    "Verify the smoke test's manifest with this key (repeatable; default for a DEST: "
+    "the key that verified it at unpack; required for a BUNDLE)."
 )
 @smoke_options
 @json_option

@@ -52,7 +52,8 @@ def sign_cmd(
     rewritten in one rename with a `manifest.json.sig.<key id>` member added. Signing
     again with the same key changes nothing (exit 0, "unchanged"). The bundle is
     checked first (structure, manifest, payload hash); run `airgap verify` to decide
-    whether to trust it before you sign.
+    whether to trust it before you sign. A delta (`airgap delta`) is co-signed the
+    same way: the signature is over its manifest, so it holds for the full bundle too.
     """
     from ..pack.cosign import cosign
 

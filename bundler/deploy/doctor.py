@@ -16,20 +16,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import BundleError
+from ..formats.delta import DeltaDescriptor, is_delta
 from ..formats.manifest import Manifest
-from ..inspecting import read_manifest_unverified
+from ..inspecting import read_manifest_unverified, read_unverified
 from ..interpreters import find_python
 from ..layout import STATE_MANIFEST
-from ..preflight import Free, free_space, human, shortfall, unpack_need
+from ..preflight import Free, delta_need, free_space, human, shortfall, unpack_need
+from ..verify.delta import require_base, verify_delta
 from ..verify.tree import check_unpacked
-from ..verify.unpack import open_verified
+from ..verify.unpack import open_verified, read_installed
 from .engine import Engine
 from .hostcheck import check as host_problems
 from .hostcheck import mismatch
 from .hostprobe import this_host
 
 Status = Literal["ok", "warn", "fail"]
-Kind = Literal["dest", "bundle"]
+Kind = Literal["dest", "bundle", "delta"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class Report:
     manifest: Manifest | None
     verified: bool
     checks: tuple[Check, ...]
+    delta: DeltaDescriptor | None = None  # for a delta: what it needs (NOT verified unless
+    # ``verified``)
 
     @property
     def ok(self) -> bool:
@@ -68,8 +72,17 @@ class Report:
             "name": m.name if m else None,
             "version": m.version if m else None,
             "verified": self.verified,
+            "base": None if self.delta is None else _base_json(self.delta),
             "checks": [c.to_json_dict() for c in self.checks],
         }
+
+
+def _base_json(d: DeltaDescriptor) -> dict[str, str]:
+    return {
+        "name": d.base.name,
+        "version": d.base.version,
+        "manifest_sha256": d.base.manifest_sha256,
+    }
 
 
 EngineFactory = Callable[[], Engine]
@@ -90,20 +103,33 @@ def diagnose(
     dest: Path | None = None,
     engine: EngineFactory = _default_engine,
 ) -> Report:
-    """Check this host for ``path``: an unpacked DEST (a folder) or a bundle (a file).
+    """Check this host for ``path``: an unpacked DEST (a folder), a bundle or a delta (a file).
 
     For a bundle, ``dest`` is where it would be unpacked (default: a new folder in the
     current one);
     with ``trust`` the bundle is fully verified first, else its manifest is read unverified.
+    For a delta, a ``base`` check says which base it needs and whether ``dest`` holds it
+    (by its stored manifest; the files are re-checked when the delta is applied), and the
+    space check counts what applying it writes.
     """
     path = Path(os.path.abspath(path))
     # Anything that exists and is not a folder is a BUNDLE: a FIFO or device is then refused
     # by open_bundle with its kind, rather than described as a DEST.
     kind: Kind = "bundle" if path.exists() and not path.is_dir() else "dest"
-    manifest_check, manifest, manifest_len = (
-        _bundle_manifest(path, trust) if kind == "bundle" else _dest_manifest(path, trust)
-    )
+    if kind == "bundle" and _is_delta(path):
+        kind = "delta"
+    descriptor: DeltaDescriptor | None = None
+    if kind == "delta":
+        manifest_check, manifest, manifest_len, descriptor = _delta_manifest(path, trust)
+    elif kind == "bundle":
+        manifest_check, manifest, manifest_len = _bundle_manifest(path, trust)
+    else:
+        manifest_check, manifest, manifest_len = _dest_manifest(path, trust)
     checks = [manifest_check]
+    base: Manifest | None = None
+    if descriptor is not None:
+        base_check, base = _base(descriptor, dest)
+        checks.append(base_check)
     # The stage is made in DEST's parent: for a bundle that is --dest's parent, or the
     # current folder when DEST would be a new folder in it.
     if kind == "dest":
@@ -112,7 +138,7 @@ def diagnose(
         where = Path(os.path.abspath(dest)).parent
     else:
         where = Path.cwd()
-    checks += _space_and_mount(where, kind, manifest, manifest_len)
+    checks += _space_and_mount(where, kind, manifest, manifest_len, _Delta(descriptor, base))
     docker = _docker(engine)
     if manifest is not None:
         checks.append(_host(manifest))
@@ -125,7 +151,74 @@ def diagnose(
         manifest=manifest,
         verified=manifest_check.status == "ok",
         checks=tuple(checks),
+        delta=descriptor,
     )
+
+
+def _is_delta(path: Path) -> bool:
+    try:
+        return is_delta(path)
+    except BundleError:
+        return False  # unreadable: the manifest check names why
+
+
+def _delta_manifest(
+    delta: Path, trust: Sequence[Path]
+) -> tuple[Check, Manifest | None, int, DeltaDescriptor | None]:
+    """The delta's manifest and descriptor: verified with ``trust`` (every check that needs
+    no DEST, as `airgap verify` makes), else read unverified."""
+    try:
+        if trust:
+            v = verify_delta(delta, trust)
+            d = v.descriptor
+            detail = (
+                f"delta {d.name} {d.base.version} -> {d.version}: signatures, descriptor and "
+                f"{d.payload.file_count} carried files verify with {v.key.source}"
+            )
+            return (
+                Check("manifest", "ok", detail, {"verified": True}),
+                v.manifest,
+                len(v.manifest_bytes),
+                d,
+            )
+        m, _present, descriptor = read_unverified(delta)
+    except BundleError as e:
+        return Check("manifest", "fail", e.diagnostics(), {"verified": False}), None, 0, None
+    assert descriptor is not None  # _is_delta said its first member is delta.json
+    detail = (
+        f"delta {m.name} {descriptor.base.version} -> {m.version}: not verified (pass --trust "
+        "KEY to check the signatures)"
+    )
+    return Check("manifest", "warn", detail, {"verified": False}), m, len(m.to_bytes()), descriptor
+
+
+def _base(d: DeltaDescriptor, dest: Path | None) -> tuple[Check, Manifest | None]:
+    """Which base the delta needs, and whether ``dest`` holds it (its stored manifest)."""
+    needs = f"needs {d.base.name} {d.base.version} (manifest sha256 {d.base.manifest_sha256})"
+    data: dict[str, Any] = {"needs": _base_json(d), "dest": None if dest is None else str(dest)}
+    if dest is None:
+        return Check("base", "warn", f"{needs}; pass --dest DIR to check a DEST", data), None
+    dest = Path(os.path.abspath(dest))
+    try:
+        installed = read_installed(dest) if dest.is_dir() else None
+        require_base(dest, installed, d)
+    except BundleError as e:
+        return Check("base", "fail", e.diagnostics(), {**data, "holds": False}), None
+    assert installed is not None  # require_base refused otherwise
+    detail = (
+        f"{dest} holds the base {d.base.name} {d.base.version} (manifest sha256 "
+        f"{d.base.manifest_sha256[:16]}...; its files are re-checked when the delta is applied)"
+    )
+    return Check("base", "ok", detail, {**data, "holds": True}), installed
+
+
+@dataclass(frozen=True)
+class _Delta:
+    """For the space check of a delta: its descriptor, and DEST's manifest when it is the
+    base (only then is what applying writes known)."""
+
+    descriptor: DeltaDescriptor | None = None
+    base: Manifest | None = None
 
 
 def _bundle_manifest(bundle: Path, trust: Sequence[Path]) -> tuple[Check, Manifest | None, int]:
@@ -193,18 +286,23 @@ def _existing(path: Path) -> Path:
 
 
 def _space_and_mount(
-    where: Path, kind: Kind, manifest: Manifest | None, manifest_len: int
+    where: Path, kind: Kind, manifest: Manifest | None, manifest_len: int, delta: _Delta
 ) -> list[Check]:
     probe = _existing(where)
     try:
         free = free_space(probe)
     except OSError as e:
         return [Check("space", "fail", f"cannot ask {probe} for its free space ({e.strerror})")]
-    return [_space(probe, kind, manifest, manifest_len, free), _noexec(probe, free)]
+    return [_space(probe, kind, manifest, manifest_len, free, delta), _noexec(probe, free)]
 
 
 def _space(
-    probe: Path, kind: Kind, manifest: Manifest | None, manifest_len: int, free: Free
+    probe: Path,
+    kind: Kind,
+    manifest: Manifest | None,
+    manifest_len: int,
+    free: Free,
+    delta: _Delta,
 ) -> Check:
     data: dict[str, Any] = {
         "path": str(probe),
@@ -213,14 +311,26 @@ def _space(
     }
     if manifest is None:
         return Check("space", "warn", f"{_size(free.bytes)} free on {probe}", data)
-    need = unpack_need(manifest, manifest_len, free.block_size)
+    doing = "unpack"
+    if delta.descriptor is not None:
+        if delta.base is None:
+            # What applying writes depends on the base's files: unknown without it.
+            detail = (
+                f"{_size(free.bytes)} free on {probe}; the need is known once DEST holds the base"
+            )
+            return Check("space", "warn", detail, data)
+        carried = set(delta.descriptor.carried)
+        need = delta_need(manifest, carried, delta.base, manifest_len, free.block_size)
+        doing = "apply the delta"
+    else:
+        need = unpack_need(manifest, manifest_len, free.block_size)
     data |= {"needed_bytes": need.bytes, "needed_inodes": need.inodes}
     short = shortfall(need, free)
     if short is None:
-        detail = f"{_size(free.bytes)} free on {probe}, {_size(need.bytes)} needed to unpack"
+        detail = f"{_size(free.bytes)} free on {probe}, {_size(need.bytes)} needed to {doing}"
         return Check("space", "ok", detail, data)
-    if kind == "bundle":
-        return Check("space", "fail", f"unpack would be refused on {probe}: {short}", data)
+    if kind != "dest":
+        return Check("space", "fail", f"{doing} would be refused on {probe}: {short}", data)
     # DEST is unpacked already: only a later update of the same size is at stake.
     return Check("space", "warn", f"an update of this size would not fit on {probe}: {short}", data)
 

@@ -579,7 +579,7 @@ def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
         offset = data_offset + header.size + pad
         f.seek(offset)
     signed_end = offset
-    cosignatures, offset = _read_cosignatures(f, offset, total, limits, mtimes)
+    cosignatures, offset = read_cosignatures(f, offset, total, limits, mtimes)
     # After the members: only zero blocks (the end marker, maybe record padding).
     tail_len = total - offset
     if tail_len < 2 * BLOCK:
@@ -615,10 +615,11 @@ def read_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> OuterBundle:
     )
 
 
-def _read_cosignatures(
+def read_cosignatures(
     f: BinaryIO, offset: int, total: int, limits: Limits, mtimes: list[tuple[str, int]]
 ) -> tuple[tuple[tuple[str, bytes], ...], int]:
-    """The revision 1.4 co-signature members from ``offset`` up to the end marker.
+    """The revision 1.4 co-signature members from ``offset`` up to the end marker (after a
+    full bundle's signature, or a delta's: docs/format.md §13.1).
 
     Each name must be the prefix and a lowercase hex key id, each size at most one
     signature, key ids strictly increasing (so no duplicates), at most

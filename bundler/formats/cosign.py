@@ -10,9 +10,10 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from ..errors import ResourceLimitError, SignatureError
+from . import strictjson
 from .limits import DEFAULT_LIMITS, Limits
 
 SIGNATURE_FILE_FORMAT: Final = "airgap-signatures/1"
@@ -59,19 +60,6 @@ def render_signature_file(manifest: bytes, signatures: Iterable[tuple[str, bytes
     return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
 def parse_signature_file(
     data: bytes, manifest: bytes, source: str, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[Cosignature, ...]:
@@ -91,13 +79,8 @@ def parse_signature_file(
             member=source,
         )
     try:
-        doc = json.loads(
-            data.decode("utf-8", errors="strict"),
-            object_pairs_hook=_pairs,
-            parse_constant=_constant,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        # json.JSONDecodeError is a ValueError; its text names the line and column only.
+        doc = strictjson.loads(data)
+    except strictjson.StrictJSONError as e:
         raise _bad(source, f"not a signature file (strict JSON): {e}") from e
     if not isinstance(doc, dict) or set(doc) != {"format", "manifest_sha256", "signatures"}:
         raise _bad(source, "not a signature file: expected format, manifest_sha256, signatures")

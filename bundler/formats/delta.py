@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -27,7 +27,8 @@ from ..layout import (
     OUTER_PAYLOAD,
     OUTER_SIGNATURE,
 )
-from .archive import BLOCK, CHUNK, parse_header, ustar_header
+from . import strictjson
+from .archive import BLOCK, CHUNK, parse_header, read_cosignatures, ustar_header, write_cosignatures
 from .limits import DEFAULT_LIMITS, Limits
 from .manifest import FileEntry, Manifest, PayloadInfo
 from .source import is_parts_index, open_bundle
@@ -108,19 +109,6 @@ def _bad(message: str) -> DeltaError:
     return DeltaError(message, member=OUTER_DELTA)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _bad(f"duplicate key {key!r}: not strict JSON")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise _bad(f"{name} is not allowed: not strict JSON")
-
-
 def _object(value: Any, where: str, keys: Iterable[str]) -> dict[str, Any]:
     # Every field is required and no other is allowed: a reader must never apply a delta it
     # only partly understands.
@@ -169,17 +157,9 @@ def parse_descriptor(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DeltaDescr
             f"{len(data)} bytes, over the limit of {limits.max_manifest_bytes}", member=OUTER_DELTA
         )
     try:
-        raw = json.loads(
-            data.decode("utf-8", errors="strict"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-        )
-    except UnicodeDecodeError as e:
-        raise _bad("not valid UTF-8") from e
-    except json.JSONDecodeError as e:
-        raise _bad(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
-    except (ValueError, RecursionError) as e:
-        raise _bad("not valid JSON (a number too long or nesting too deep)") from e
+        raw = strictjson.loads(data)
+    except strictjson.StrictJSONError as e:
+        raise _bad(str(e)) from e
     if isinstance(raw, dict) and raw.get("format") != DELTA_FORMAT:
         raise _bad(
             f"unknown delta format {raw.get('format')!r} (this airgap reads {DELTA_FORMAT!r})"
@@ -288,7 +268,12 @@ def check_binding(
 
 @dataclass(frozen=True)
 class DeltaOuter:
-    """The five outer members: the small ones in memory, the payload by its position."""
+    """The five outer members: the small ones in memory, the payload by its position.
+
+    ``cosignatures`` are the co-signature members after the five (§13.1, as in a full
+    bundle: ``(key id, signature)`` pairs in increasing key id order, untrusted until
+    verified); ``signed_end`` is the offset where they begin.
+    """
 
     descriptor: bytes
     descriptor_signature: bytes
@@ -296,6 +281,8 @@ class DeltaOuter:
     signature: bytes
     payload_offset: int
     payload_size: int
+    cosignatures: tuple[tuple[str, bytes], ...] = ()
+    signed_end: int = 0
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
@@ -333,10 +320,12 @@ def is_delta(bundle: Path) -> bool:
 
 
 def read_delta_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> DeltaOuter:
-    """Read the five members' structure and the small ones; seek over the payload.
+    """Read the five members' structure and the small ones, then any co-signature members;
+    seek over the payload.
 
     Raises:
-        IntegrityError, UnsafeMemberError, ResourceLimitError: not exactly the five members.
+        IntegrityError, UnsafeMemberError, ResourceLimitError: not exactly the five members
+            (and co-signatures by the rules of a full bundle's).
     """
     bounds = {
         OUTER_DELTA: limits.max_manifest_bytes,
@@ -373,6 +362,10 @@ def read_delta_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> DeltaOuter
             payload = (data_offset, header.size)
         offset = data_offset + header.size + (-header.size % BLOCK)
         f.seek(offset)
+    signed_end = offset
+    # Co-signatures (§13.1): the members and rules of a full bundle's (§2, §6.1). Their
+    # header mtimes are not kept: a delta's readers never checked its outer mtimes.
+    cosignatures, offset = read_cosignatures(f, offset, total, limits, [])
     if total - offset < 2 * BLOCK:
         raise IntegrityError("end-of-archive marker missing", member="bundle")
     while chunk := f.read(CHUNK):
@@ -385,6 +378,8 @@ def read_delta_outer(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> DeltaOuter
         signature=small[OUTER_SIGNATURE],
         payload_offset=payload[0],
         payload_size=payload[1],
+        cosignatures=cosignatures,
+        signed_end=signed_end,
     )
 
 
@@ -433,9 +428,14 @@ def write_delta_outer(
     payload_member: BinaryIO,
     manifest: bytes,
     signature: bytes,
+    cosignatures: Sequence[tuple[str, bytes]] = (),
 ) -> None:
-    """Write the five members (``manifest`` is compressed here); ``payload_member`` holds
-    the payload's whole outer member (header, data, padding), as ``BundleWriter`` leaves it."""
+    """Write the five members (``manifest`` is compressed here), then ``cosignatures`` as
+    ``(key id, signature)`` members sorted by key id (§13.1), then the end marker.
+
+    ``payload_member`` holds the payload's whole outer member (header, data, padding), as
+    ``BundleWriter`` leaves it. Without co-signatures the bytes are those of a delta before
+    co-signatures existed."""
     out.write(_small_member(OUTER_DELTA, descriptor, mtime))
     out.write(_small_member(OUTER_DELTA_SIGNATURE, descriptor_signature, mtime))
     payload_member.seek(0)
@@ -443,5 +443,5 @@ def write_delta_outer(
         out.write(chunk)
     out.write(_small_member(OUTER_MANIFEST_ZST, compress_manifest(manifest), mtime))
     out.write(_small_member(OUTER_SIGNATURE, signature, mtime))
-    out.write(b"\x00" * (2 * BLOCK))
+    write_cosignatures(out, mtime, cosignatures)
     out.flush()

@@ -11,6 +11,7 @@ from typing import Any, Final, cast
 
 from ..errors import ManifestError, ResourceLimitError, UnsafeMemberError
 from ..layout import OUTER_MANIFEST, PACKAGE_MODES, PAYLOAD_ROOTS, PackageMode
+from . import strictjson
 from .limits import DEFAULT_LIMITS, Limits
 from .smoke import SmokeSpec
 from .smoke import validate as validate_smoke
@@ -170,36 +171,11 @@ def _invalid(message: str, *, remedy: str | None = None) -> ManifestError:
     return ManifestError(message, member=OUTER_MANIFEST, remedy=remedy)
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _invalid(f"duplicate key {key!r}: not strict JSON")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise _invalid(f"{name} is not allowed: not strict JSON")
-
-
 def _strict_loads(data: bytes) -> Any:
     try:
-        text = data.decode("utf-8", errors="strict")
-    except UnicodeDecodeError as e:
-        raise _invalid("not valid UTF-8") from e
-    try:
-        return json.loads(
-            text,
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except json.JSONDecodeError as e:
-        raise _invalid(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
-    except ValueError as e:  # an integer past Python's 4300-digit conversion limit
-        raise _invalid("not valid JSON: a number is too long") from e
-    except RecursionError as e:
-        raise _invalid("nested too deeply") from e
+        return strictjson.loads(data)
+    except strictjson.StrictJSONError as e:
+        raise _invalid(str(e)) from e
 
 
 class _Fields:

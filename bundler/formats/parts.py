@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final, Protocol
 
 from ..errors import BundleError, PartError, PartsIndexError, UsageError
+from . import strictjson
 from .signing import TrustedKey, verify_signature
 
 FORMAT: Final = "airgap-parts/1"
@@ -201,29 +202,10 @@ def _invalid(message: str) -> _Malformed:
 
 
 def _strict_object(data: bytes) -> dict[str, Any]:
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise _invalid(f"duplicate key {key!r}: not strict JSON")
-            out[key] = value
-        return out
-
-    def no_constant(name: str) -> Any:
-        raise _invalid(f"{name} is not allowed: not strict JSON")
-
     try:
-        obj = json.loads(
-            data.decode("utf-8", errors="strict"),
-            object_pairs_hook=no_duplicates,
-            parse_constant=no_constant,
-        )
-    except UnicodeDecodeError as e:
-        raise _invalid("not valid UTF-8") from e
-    except json.JSONDecodeError as e:
-        raise _invalid(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
-    except (ValueError, RecursionError) as e:
-        raise _invalid("not valid JSON: a number too long or nesting too deep") from e
+        obj = strictjson.loads(data)
+    except strictjson.StrictJSONError as e:
+        raise _invalid(str(e)) from e
     if not isinstance(obj, dict):
         raise _invalid("the index must be a JSON object")
     return obj

@@ -17,11 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..errors import BundleError, IntegrityError, ResourceLimitError, UsageError
 from ..formats.archive import hash_region, read_outer, write_cosignatures
 from ..formats.cosign import parse_signature_file, render_signature_file
+from ..formats.delta import check_binding, first_member, parse_descriptor, read_delta_outer
 from ..formats.limits import DEFAULT_LIMITS, Limits
-from ..formats.manifest import Manifest, parse_manifest
+from ..formats.manifest import Manifest, PayloadInfo, parse_manifest
 from ..formats.signing import key_id, load_private_key, sign
 from ..formats.source import open_bundle
-from ..layout import DETACHED_SUFFIX, OUTER_PAYLOAD
+from ..layout import DETACHED_SUFFIX, OUTER_DELTA, OUTER_PAYLOAD
 from ..progress import NullProgress, Progress
 
 
@@ -118,9 +119,8 @@ def _cosign(
 ) -> SignResult:
     kid = key_id(private.public_key())
     with open_bundle(bundle) as f:
-        outer = read_outer(f, limits)
-        manifest = parse_manifest(outer.manifest, limits)
-        _check_payload(f, outer.payload_offset, outer.payload_size, manifest, progress)
+        outer = _read_signed(f, limits, progress)
+        manifest = outer.parsed
         signature = sign(private, outer.manifest)
         if target is not None:
             return _sign_detached(bundle, target, manifest, outer.manifest, kid, signature, limits)
@@ -150,16 +150,49 @@ def _cosign(
         return SignResult(bundle, bundle, kid, True, False, len(existing), manifest)
 
 
+@dataclass(frozen=True)
+class _Signed:
+    """What co-signing needs of a full bundle or a delta (docs/format.md §6.1, §13.1)."""
+
+    manifest: bytes
+    parsed: Manifest
+    signature: bytes
+    cosignatures: tuple[tuple[str, bytes], ...]
+    signed_end: int  # where the co-signature members begin
+
+
+def _read_signed(f: BinaryIO, limits: Limits, progress: Progress) -> _Signed:
+    """The outer structure, the strict manifest and the payload's size and sha256 (for a
+    delta: the descriptor, its binding to the manifest, and its payload), before signing.
+
+    Raises:
+        BundleRejected subclasses: the bundle or delta is malformed or damaged.
+    """
+    if first_member(f) == OUTER_DELTA:
+        delta = read_delta_outer(f, limits)
+        manifest = parse_manifest(delta.manifest, limits)
+        descriptor = parse_descriptor(delta.descriptor, limits)
+        check_binding(descriptor, delta.manifest, manifest)
+        _check_payload(f, delta.payload_offset, delta.payload_size, descriptor.payload, progress)
+        return _Signed(
+            delta.manifest, manifest, delta.signature, delta.cosignatures, delta.signed_end
+        )
+    outer = read_outer(f, limits)
+    manifest = parse_manifest(outer.manifest, limits)
+    _check_payload(f, outer.payload_offset, outer.payload_size, manifest.payload, progress)
+    return _Signed(outer.manifest, manifest, outer.signature, outer.cosignatures, outer.signed_end)
+
+
 def _check_payload(
-    f: BinaryIO, offset: int, size: int, manifest: Manifest, progress: Progress
+    f: BinaryIO, offset: int, size: int, payload: PayloadInfo, progress: Progress
 ) -> None:
-    if size != manifest.payload.size:
+    if size != payload.size:
         raise IntegrityError(
-            f"payload is {size} bytes, the manifest says {manifest.payload.size}",
+            f"payload is {size} bytes, the manifest says {payload.size}",
             member=OUTER_PAYLOAD,
         )
     progress.start("hashing payload", size)
-    if hash_region(f, offset, size) != manifest.payload.sha256:
+    if hash_region(f, offset, size) != payload.sha256:
         raise IntegrityError(
             "sha256 differs from the manifest; this bundle is damaged, do not sign it",
             member=OUTER_PAYLOAD,

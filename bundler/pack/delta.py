@@ -195,6 +195,9 @@ def _write(
                 payload_member=spool,
                 manifest=outer.manifest,
                 signature=outer.signature,
+                # NEW's co-signatures are over the same manifest bytes: they hold for the
+                # delta as they are (§13.1), so a co-signed NEW gives a co-signed delta.
+                cosignatures=outer.cosignatures,
             )
     return DeltaMade(descriptor, manifest, carried, out.stat().st_size)
 

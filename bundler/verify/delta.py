@@ -5,6 +5,7 @@ against the new signed manifest, and swapped in with unpack's machinery."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -16,11 +17,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Any, BinaryIO, Final
 
-from cryptography.exceptions import InvalidSignature
-
-from ..errors import BundleError, DeltaError, IntegrityError, SignatureError, TreeModifiedError
+from ..errors import BundleError, DeltaError, IntegrityError, TreeModifiedError
 from ..formats.archive import PayloadReader, decompressed_limit, hash_region
 from ..formats.delta import (
     DeltaDescriptor,
@@ -32,27 +31,27 @@ from ..formats.delta import (
 )
 from ..formats.limits import DEFAULT_LIMITS, Limits
 from ..formats.manifest import FileEntry, Manifest
-from ..formats.signing import load_trusted_keys, public_key_pem
 from ..formats.source import open_bundle
 from ..layout import (
     OUTER_DELTA_SIGNATURE,
     OUTER_PAYLOAD,
     STATE_MANIFEST,
-    STATE_SIGNATURE,
-    STATE_SIGNER,
 )
-from ..preflight import free_space, require, tree_need
+from ..preflight import delta_need, free_space, require
 from ..progress import NullProgress, Progress
-from .policy import MemberTracker, Verified, check_rollback, verify_manifest
+from .policy import MemberTracker, Verified, check_rollback
 from .tree import check_unpacked, open_regular
+from .trustpolicy import check_packer_signature
 from .unpack import (
     _STAGE_TAG,
+    TrustInputs,
     _clean_stale_stages,
     _install,
     _locked,
     _remove,
     _Stage,
     _syncfs,
+    read_detached,
     read_installed,
 )
 from .writer import WriterPool, writer_threads
@@ -76,42 +75,39 @@ class _Opened:
     outer: DeltaOuter
 
 
+def _fields(v: Verified) -> dict[str, Any]:
+    """A ``Verified``'s fields, to carry all of them (the trust decision too) into a delta's."""
+    return {f.name: getattr(v, f.name) for f in dataclasses.fields(Verified)}
+
+
 def _now(now: int | None) -> int:
     return int(time.time()) if now is None else now
 
 
 def _open_checked(
     f: BinaryIO,
-    trust: Sequence[Path],
+    inputs: TrustInputs,
     now: int,
     limits: Limits,
     progress: Progress,
     after_manifest: Callable[[VerifiedDelta], None] | None = None,
 ) -> _Opened:
     """Both signatures, the manifest, the descriptor's binding and the payload hash."""
-    keys = load_trusted_keys(trust)
     outer = read_delta_outer(f, limits)
-    # The new manifest is verified exactly as in a full bundle: same trust, expiry rules.
-    v = verify_manifest(outer.manifest, outer.signature, keys, now=now, limits=limits)
-    try:
-        # The descriptor must be signed by the very key that signed the manifest.
-        v.key.public.verify(outer.descriptor_signature, outer.descriptor)
-    except InvalidSignature as e:
-        raise SignatureError(
-            f"does not verify with the key that signed manifest.json ({v.key.key_id[:16]}...)",
-            member=OUTER_DELTA_SIGNATURE,
-            remedy="get the delta again from its publisher; do not use this copy",
-        ) from e
+    # The new manifest is trusted exactly as in a full bundle: the same keys or policy, the
+    # same co-signatures (members and detached files), the same expiry rule.
+    v = inputs.verify(outer.manifest, outer.signature, outer.cosignatures, now=now, limits=limits)
+    # The descriptor carries its packer's signature alone: the key the manifest names.
+    check_packer_signature(
+        inputs.trust_policy,
+        v.manifest.signer,
+        outer.descriptor,
+        outer.descriptor_signature,
+        member=OUTER_DELTA_SIGNATURE,
+    )
     descriptor = parse_descriptor(outer.descriptor, limits)
     carried = check_binding(descriptor, outer.manifest, v.manifest)
-    verified = VerifiedDelta(
-        manifest=v.manifest,
-        key=v.key,
-        manifest_bytes=v.manifest_bytes,
-        signature=v.signature,
-        descriptor=descriptor,
-        carried=carried,
-    )
+    verified = VerifiedDelta(**_fields(v), descriptor=descriptor, carried=carried)
     if after_manifest is not None:
         after_manifest(verified)
     if outer.payload_size != descriptor.payload.size:
@@ -152,16 +148,22 @@ def verify_delta(
     now: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
     progress: Progress | None = None,
+    policy: Path | None = None,
+    signature_files: Sequence[Path] | None = None,
 ) -> VerifiedDelta:
     """Everything that can be checked without DEST: both signatures, the descriptor, and
     every carried file against the new manifest. Writes nothing.
 
+    ``policy`` and ``signature_files`` as for ``unpack.open_verified``.
+
     Raises:
         BundleRejected subclasses (exit 3) for every failed check.
+        PolicyError: the policy file cannot be used (exit 2).
     """
     progress = progress or NullProgress()
+    inputs = TrustInputs(trust, policy, read_detached(bundle, signature_files, limits))
     with open_bundle(bundle) as f:
-        opened = _open_checked(f, trust, _now(now), limits, progress)
+        opened = _open_checked(f, inputs, _now(now), limits, progress)
         progress.start("verifying carried files", opened.verified.descriptor.payload.unpacked_size)
         for entry, chunks in _members(f, opened, limits):
             digest = hashlib.sha256()
@@ -176,7 +178,7 @@ def verify_delta(
 # ---- applying ---------------------------------------------------------------------------
 
 
-def _require_base(dest: Path, installed: Manifest | None, d: DeltaDescriptor) -> None:
+def require_base(dest: Path, installed: Manifest | None, d: DeltaDescriptor) -> None:
     """DEST's stored manifest must be the delta's base, byte for byte.
 
     Raises:
@@ -286,8 +288,13 @@ def apply_delta(
     limits: Limits = DEFAULT_LIMITS,
     progress: Progress | None = None,
     before_write: Callable[[Manifest], None] | None = None,
+    policy: Path | None = None,
+    signature_files: Sequence[Path] | None = None,
 ) -> VerifiedDelta:
     """Apply the delta ``bundle`` to ``dest``, which must hold exactly its base; all or nothing.
+
+    ``policy`` and ``signature_files`` as for ``unpack.unpack``; the co-signatures are kept
+    in DEST's state as a full unpack keeps them.
 
     The same checks as a full unpack (signatures, expiry, rollback, host check via
     ``before_write``; free space for what the delta writes), plus: DEST's stored manifest is
@@ -318,13 +325,14 @@ def apply_delta(
         def before_payload(v: VerifiedDelta) -> None:
             # DEST's own checks come before the payload is hashed: a wrong DEST is refused
             # at once, however large the delta.
-            _require_base(dest, installed, v.descriptor)
-            assert installed is not None  # _require_base refused otherwise
+            require_base(dest, installed, v.descriptor)
+            assert installed is not None  # require_base refused otherwise
             check_rollback(v.manifest, installed, allow_downgrade=allow_downgrade)
             _require_delta_space(parent, v, installed)
 
+        inputs = TrustInputs(trust, policy, read_detached(bundle, signature_files, limits))
         with open_bundle(bundle) as f:
-            opened = _open_checked(f, trust, _now(now), limits, progress, before_payload)
+            opened = _open_checked(f, inputs, _now(now), limits, progress, before_payload)
             verified = opened.verified
             d = verified.descriptor
             progress.start("checking DEST against its manifest")
@@ -333,15 +341,7 @@ def apply_delta(
             if before_write is not None:
                 before_write(verified.manifest)
             reused = _build_and_install(f, opened, dest, base, limits, progress)
-        return VerifiedDelta(
-            manifest=verified.manifest,
-            key=verified.key,
-            manifest_bytes=verified.manifest_bytes,
-            signature=verified.signature,
-            descriptor=d,
-            carried=verified.carried,
-            reused=reused,
-        )
+        return dataclasses.replace(verified, reused=reused)
 
 
 def _require_delta_space(parent: Path, v: VerifiedDelta, base: Manifest) -> None:
@@ -361,19 +361,9 @@ def _require_delta_space(parent: Path, v: VerifiedDelta, base: Manifest) -> None
     except OSError as e:
         raise BundleError(f"cannot ask {parent} for its free space: {e.strerror}") from e
     carried = {e.path for e in v.carried}
-    modes = {(e.sha256, e.size): e.mode for e in base.files}
-    files = [
-        (e.path, e.size if e.path in carried or modes.get((e.sha256, e.size)) != e.mode else 0)
-        for e in v.manifest.files
-    ]
-    files += [
-        (STATE_MANIFEST, len(v.manifest_bytes)),
-        (STATE_SIGNATURE, len(v.signature)),
-        (STATE_SIGNER, len(public_key_pem(v.key.public))),
-    ]
     require(
         parent,
-        tree_need(files, block),
+        delta_need(v.manifest, carried, base, len(v.manifest_bytes), block),
         doing=f"apply the delta {v.manifest.name} {v.descriptor.base.version} -> "
         f"{v.manifest.version}",
         remedy="free space there; the old DEST is kept until the new tree is complete, and "

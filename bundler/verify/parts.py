@@ -340,9 +340,15 @@ def verify_parts(
     on_part: Callable[[PartResult], None] | None = None,
     warn: Callable[[str], None] | None = None,
     progress: Progress | None = None,
+    policy: Path | None = None,
+    signature_files: Sequence[Path] | None = None,
 ) -> tuple[Verified, CheckedParts]:
     """`check_parts`, then the full verification of the bundle the parts join into (the
     signature, manifest, payload hash and every file's hash), read through the parts.
+
+    ``trust`` are the key files the index verifies with (``TrustInputs.packer_key_files``);
+    the joined bundle's manifest is then trusted by ``policy`` when given (it replaces
+    ``trust`` there, so an N-of-M rule holds for a split bundle too) and ``signature_files``.
 
     Parts skipped by ``resume`` are hashed again before their bytes are read.
 
@@ -360,7 +366,14 @@ def verify_parts(
         warn=warn,
     )
     stream = cast(BinaryIO, PartsFile(checked.index, checked.folder, checked.hashed))
-    verified = verify(index_path, trust, progress=progress, stream=stream)
+    verified = verify(
+        index_path,
+        trust,
+        progress=progress,
+        stream=stream,
+        policy=policy,
+        signature_files=signature_files,
+    )
     check_identity(checked.index, verified)
     return verified, checked
 

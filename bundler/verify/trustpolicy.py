@@ -363,6 +363,41 @@ def decide(
     return decision
 
 
+def packer_keys(policy: TrustPolicy) -> tuple[TrustedKey, ...]:
+    """The keys a document signed by its packer alone may verify with: a split bundle's part
+    index (§12) and a delta's descriptor (§13). That is every key of the policy (for
+    ``--trust`` alone, those keys): such a document carries one signature, so no threshold
+    applies to it; the N-of-M rule applies to the manifest it is bound to.
+    """
+    return tuple(policy.keys.values())
+
+
+def check_packer_signature(
+    policy: TrustPolicy, signer: str, message: bytes, signature: bytes, *, member: str
+) -> TrustedKey:
+    """``signature`` over ``message`` must verify with the packer's key: the one of
+    :func:`packer_keys` whose id is ``signer`` (the signed manifest's ``signer``).
+
+    Raises:
+        SignatureError: the policy has no key of that id, or that key rejects it.
+    """
+    for key in packer_keys(policy):
+        if key.key_id == signer:
+            if not _verifies(key, signature, message):
+                raise SignatureError(
+                    f"does not verify with the key that signed manifest.json ({signer[:16]}...)",
+                    member=member,
+                    remedy="get the delta again from its publisher; do not use this copy",
+                )
+            return key
+    raise SignatureError(
+        f"signed by the packer's key {signer[:16]}..., which is not a key of {policy.source}",
+        member=member,
+        remedy="a delta's descriptor carries its packer's signature alone (co-signatures "
+        "count for its manifest only): add the packer's public key to the trusted keys",
+    )
+
+
 def no_valid_signature(policy: TrustPolicy, checks: Sequence[SignatureCheck]) -> BundleError:
     """The rejection when no signature verifies with a policy key (before any parsing)."""
     parts = [f"{c.source} {c.status}" for c in checks]

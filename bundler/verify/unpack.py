@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import glob
 import hashlib
 import os
@@ -46,7 +47,7 @@ from ..layout import (
 from ..preflight import free_space, require, unpack_need
 from ..progress import NullProgress, Progress
 from .policy import MemberTracker, Verified, check_rollback, verify_manifest
-from .trustpolicy import TrustPolicy, load_policy
+from .trustpolicy import TrustPolicy, from_trusted_keys, load_policy, packer_keys
 from .writer import WriterPool, join_chunks, writer_threads
 
 _STAGE_TAG: Final = ".airgap-stage-"
@@ -75,16 +76,47 @@ class TrustInputs:
     policy: Path | None = None
     detached: Sequence[tuple[str, bytes]] = ()
 
-    def load_policy(self) -> TrustPolicy | None:
-        return load_policy(self.policy) if self.policy is not None else None
+    @functools.cached_property
+    def trust_policy(self) -> TrustPolicy:
+        """The policy file's policy, or ``--trust`` as "any one of these keys" (loaded once).
 
-    def index_keys(self) -> list[Path]:
-        """The key files a split bundle's part index must verify with: --trust's, or else
-        every key of the policy (the index is signed by one packer, section 12)."""
-        if self.trust:
-            return list(self.trust)
-        loaded = self.load_policy()
-        return sorted({k.source for k in loaded.keys.values()}) if loaded else []
+        Raises:
+            PolicyError: the policy file cannot be used; TrustError: a key cannot be loaded.
+        """
+        if self.policy is not None:
+            return load_policy(self.policy)
+        return from_trusted_keys(load_trusted_keys(self.trust))
+
+    def verify(
+        self,
+        manifest: bytes,
+        signature: bytes,
+        members: Sequence[tuple[str, bytes]],
+        *,
+        now: int,
+        limits: Limits,
+    ) -> Verified:
+        """The manifest's trust decision (``policy.verify_manifest``) with these inputs, for
+        a full bundle and a delta alike: the policy (or ``--trust``), and the co-signature
+        ``members`` of the outer archive, then the detached files'.
+
+        Raises:
+            as ``policy.verify_manifest``; SignatureError: a malformed detached file.
+        """
+        return verify_manifest(
+            manifest,
+            signature,
+            (),
+            now=now,
+            limits=limits,
+            cosignatures=presented_cosignatures(members, manifest, self.detached, limits),
+            policy=self.trust_policy,
+        )
+
+    def packer_key_files(self) -> list[Path]:
+        """The key files of :func:`trustpolicy.packer_keys`, for a split bundle's part index
+        (read by ``open_bundle``, which takes files)."""
+        return [k.source for k in packer_keys(self.trust_policy)]
 
 
 def read_detached(
@@ -112,13 +144,17 @@ def read_detached(
     return out
 
 
-def _cosignatures(
-    outer: OuterBundle, detached: Sequence[tuple[str, bytes]], limits: Limits
+def presented_cosignatures(
+    members: Sequence[tuple[str, bytes]],
+    manifest: bytes,
+    detached: Sequence[tuple[str, bytes]],
+    limits: Limits,
 ) -> list[Cosignature]:
-    """Every co-signature presented: the bundle's members, then each detached file's."""
-    found = [Cosignature(kid, sig, cosignature_member(kid)) for kid, sig in outer.cosignatures]
+    """Every co-signature presented: the bundle's (or delta's) members, then each detached
+    file's, parsed against ``manifest``'s exact bytes."""
+    found = [Cosignature(kid, sig, cosignature_member(kid)) for kid, sig in members]
     for name, data in detached:
-        found.extend(parse_signature_file(data, outer.manifest, name, limits))
+        found.extend(parse_signature_file(data, manifest, name, limits))
     return found
 
 
@@ -136,17 +172,9 @@ def _open_checked(
     ``after_manifest`` runs once the signed manifest is verified, before the payload is
     hashed (unpack's free-space preflight: refuse early, on sizes that are signed).
     """
-    policy = inputs.load_policy()
-    keys = load_trusted_keys(inputs.trust) if policy is None else []
     outer = read_outer(f, limits)
-    verified = verify_manifest(
-        outer.manifest,
-        outer.signature,
-        keys,
-        now=now,
-        limits=limits,
-        cosignatures=_cosignatures(outer, inputs.detached, limits),
-        policy=policy,
+    verified = inputs.verify(
+        outer.manifest, outer.signature, outer.cosignatures, now=now, limits=limits
     )
     outer.check_times(verified.manifest.created)
     if after_manifest is not None:
@@ -211,7 +239,7 @@ def open_verified(
         PolicyError: the policy file cannot be used (exit 2).
     """
     inputs = TrustInputs(trust, policy, read_detached(bundle, signature_files, limits))
-    with open_bundle(bundle, trust=inputs.index_keys()) as f:
+    with open_bundle(bundle, trust=inputs.packer_key_files()) as f:
         return _open_checked(f, inputs, _now(now), limits, NullProgress()).verified
 
 
@@ -240,9 +268,18 @@ def verify(
     if is_delta(bundle):
         from .delta import verify_delta  # delta.py builds on this module's stage machinery
 
-        return verify_delta(bundle, trust, now=now, limits=limits, progress=progress)
+        return verify_delta(
+            bundle,
+            trust,
+            now=now,
+            limits=limits,
+            progress=progress,
+            policy=policy,
+            signature_files=signature_files,
+        )
     inputs = TrustInputs(trust, policy, read_detached(bundle, signature_files, limits))
-    with stream if stream is not None else open_bundle(bundle, trust=inputs.index_keys()) as f:
+    source = stream if stream is not None else open_bundle(bundle, trust=inputs.packer_key_files())
+    with source as f:
         opened = _open_checked(f, inputs, _now(now), limits, progress)
         progress.start("verifying files", opened.manifest.payload.unpacked_size)
         # Hash-only jobs: the pool hashes while this thread parses and the reader's thread
@@ -564,6 +601,8 @@ def unpack(
             limits=limits,
             progress=progress,
             before_write=before_write,
+            policy=policy,
+            signature_files=signature_files,
         )
     progress = progress or NullProgress()
     dest = Path(os.path.abspath(dest))
@@ -587,7 +626,7 @@ def unpack(
                 remedy="choose a new or empty destination folder",
             )
         inputs = TrustInputs(trust, policy, read_detached(bundle, signature_files, limits))
-        with open_bundle(bundle, trust=inputs.index_keys()) as f:
+        with open_bundle(bundle, trust=inputs.packer_key_files()) as f:
             opened = _open_checked(
                 f, inputs, _now(now), limits, progress, lambda v: _require_space(parent, v)
             )
