@@ -185,7 +185,7 @@ def test_write_failure_midway_leaves_dest_and_parent_untouched(
 ) -> None:
     unpack(make_bundle(files=V1), victim.dest, [publisher.pub], now=NOW)
     before = victim.snapshot()
-    real_write = unpack_module._Stage.write
+    real_write = unpack_module.Stage.write
     written: list[str] = []
 
     def failing_write(self, entry, chunks, progress) -> None:  # type: ignore[no-untyped-def]
@@ -194,7 +194,7 @@ def test_write_failure_midway_leaves_dest_and_parent_untouched(
         real_write(self, entry, chunks, progress)
         written.append(entry.path)
 
-    monkeypatch.setattr(unpack_module._Stage, "write", failing_write)
+    monkeypatch.setattr(unpack_module.Stage, "write", failing_write)
     with pytest.raises(BundleError) as info:
         unpack(make_bundle(files=V2), victim.dest, [publisher.pub], now=NOW)
     assert not isinstance(info.value, BundleRejected)
@@ -238,18 +238,21 @@ def test_failed_check_on_last_member_removes_a_stage_with_content(
         return str(staged[-1])
 
     monkeypatch.setattr(unpack_module.tempfile, "mkdtemp", recording_mkdtemp)
-    real_write = unpack_module._Stage.write
+    # Files are created by the writer pool's threads, so what the stage held is counted
+    # when it is removed (after the pool was joined), not when each member is handed over.
+    real_remove = unpack_module._remove
     seen: list[int] = []
 
-    def counting_write(self, entry, chunks, progress) -> None:  # type: ignore[no-untyped-def]
-        seen.append(sum(1 for p in staged[0].rglob("*") if p.is_file()))
-        real_write(self, entry, chunks, progress)
+    def counting_remove(path: Path) -> None:
+        seen.append(sum(1 for p in path.rglob("*") if p.is_file()))
+        real_remove(path)
 
-    monkeypatch.setattr(unpack_module._Stage, "write", counting_write)
+    monkeypatch.setattr(unpack_module, "_remove", counting_remove)
     before = victim.snapshot()
     with pytest.raises(IntegrityError, match=f"{last.path}: content differs"):
         unpack(bundle, victim.dest, [publisher.pub], now=NOW)
-    assert seen[-1] == len(craft.DEFAULT_FILES) - 1
+    # Every member was staged, the last one too (written, then its hash failed).
+    assert seen == [len(craft.DEFAULT_FILES)]
     assert staged and staged[0].parent == victim.outer and not staged[0].exists()
     assert victim.snapshot() == before
 

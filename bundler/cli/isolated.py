@@ -325,6 +325,12 @@ def verify_split(
     is_flag=True,
     help="Unpack even if the bundle's target platform does not fit this host.",
 )
+@click.option(
+    "--no-sync",
+    is_flag=True,
+    help="Skip the final syncfs/fsync (tmpfs, scratch disks): a crash still leaves DEST "
+    "as it was or complete, but a power loss may leave truncated files in the new DEST.",
+)
 @quiet_option
 @json_option
 @funnel
@@ -336,6 +342,7 @@ def unpack(
     signatures: tuple[Path, ...],
     allow_downgrade: bool,
     no_host_check: bool,
+    no_sync: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -354,9 +361,10 @@ def unpack(
     --allow-downgrade. A bundle whose target (architecture, OS, C library) does not
     fit this host is refused (exit 1) unless it has a base image for the Docker path
     (then a warning) or --no-host-check is given. The co-signatures are kept in
-    DEST/.airgap so serve/run/build --policy can count them again. A delta (`airgap
-    delta`) applies only to a DEST holding exactly its base version, checked file by
-    file first, and is trusted as a full bundle (--policy, co-signatures, expiry):
+    DEST/.airgap so serve/run/build --policy can count them again. The new tree is
+    synced to disk before the swap; --no-sync skips that (for tmpfs or scratch). A delta
+    (`airgap delta`) applies only to a DEST holding exactly its base version, checked file
+    by file first, and is trusted as a full bundle (--policy, co-signatures, expiry):
       airgap unpack iris-1.1.delta.airgap /srv/models/iris --trust keys/airgap.pub
     """
     from ..deploy.hostcheck import unpack_verdict
@@ -377,6 +385,7 @@ def unpack(
         before_write=None if no_host_check else host_check,
         policy=policy,
         signature_files=list(signatures) or None,
+        sync=not no_sync,
     )
     m = verified.manifest
     if isinstance(verified, VerifiedDelta):

@@ -4,7 +4,6 @@ against the new signed manifest, and swapped in with unpack's machinery."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -12,7 +11,6 @@ import hashlib
 import os
 import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,19 +40,7 @@ from ..progress import NullProgress, Progress
 from .policy import MemberTracker, Verified, check_rollback
 from .tree import check_unpacked, open_regular
 from .trustpolicy import check_packer_signature
-from .unpack import (
-    _STAGE_TAG,
-    TrustInputs,
-    _clean_stale_stages,
-    _install,
-    _locked,
-    _remove,
-    _Stage,
-    _syncfs,
-    read_detached,
-    read_installed,
-)
-from .writer import WriterPool, writer_threads
+from .unpack import TrustInputs, locked, read_detached, read_installed, staging
 
 _FICLONE: Final = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
@@ -290,6 +276,7 @@ def apply_delta(
     before_write: Callable[[Manifest], None] | None = None,
     policy: Path | None = None,
     signature_files: Sequence[Path] | None = None,
+    sync: bool = True,
 ) -> VerifiedDelta:
     """Apply the delta ``bundle`` to ``dest``, which must hold exactly its base; all or nothing.
 
@@ -300,7 +287,7 @@ def apply_delta(
     ``before_write``; free space for what the delta writes), plus: DEST's stored manifest is
     the base named in the signed descriptor, and every file of DEST still matches it. The
     new tree is staged beside DEST, every file is checked against the new manifest, then it
-    is swapped in with one rename.
+    is swapped in with one rename. ``sync`` as for ``unpack``.
 
     Raises:
         DeltaError (exit 3): DEST is not the base, or was changed since it was unpacked.
@@ -318,8 +305,7 @@ def apply_delta(
         )
     if not parent.is_dir() or (dest.exists() and not dest.is_dir()):
         raise BundleError(f"{dest} is not a folder an earlier unpack made")
-    with _locked(parent):
-        _clean_stale_stages(dest)
+    with locked(dest):
         installed = read_installed(dest, limits) if dest.is_dir() else None
 
         def before_payload(v: VerifiedDelta) -> None:
@@ -340,7 +326,7 @@ def apply_delta(
             progress.finish()
             if before_write is not None:
                 before_write(verified.manifest)
-            reused = _build_and_install(f, opened, dest, base, limits, progress)
+            reused = _build_and_install(f, opened, dest, base, limits, progress, sync)
         return dataclasses.replace(verified, reused=reused)
 
 
@@ -373,18 +359,20 @@ def _require_delta_space(parent: Path, v: VerifiedDelta, base: Manifest) -> None
 
 
 def _build_and_install(
-    f: BinaryIO, opened: _Opened, dest: Path, base: Manifest, limits: Limits, progress: Progress
+    f: BinaryIO,
+    opened: _Opened,
+    dest: Path,
+    base: Manifest,
+    limits: Limits,
+    progress: Progress,
+    sync: bool,
 ) -> dict[str, int]:
     verified = opened.verified
     carried = {e.path for e in verified.carried}
     by_content = {(e.sha256, e.size): e for e in base.files}
     reused = [e for e in verified.manifest.files if e.path not in carried]
     counts: dict[str, int] = {}
-    stage_root: Path | None = None
-    try:
-        stage_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_STAGE_TAG}", dir=dest.parent))
-        os.chmod(stage_root, 0o755)
-        stage = _Stage(stage_root)
+    with staging(dest, sync=sync) as stage:
         progress.start("applying delta", verified.manifest.payload.unpacked_size)
         for entry in reused:
             source = by_content.get((entry.sha256, entry.size))
@@ -392,33 +380,17 @@ def _build_and_install(
                 raise DeltaError(
                     "neither carried by the delta nor held by the base", member=entry.path
                 )
-            stage._mkdirs(entry.path.rpartition("/")[0])  # unpack's own stage
-            how = _reuse(dest / source.path, f"{stage_root}/{entry.path}", entry, source.mode)
+            stage.mkdirs(entry.path.rpartition("/")[0])
+            how = _reuse(dest / source.path, f"{stage.root}/{entry.path}", entry, source.mode)
             counts[how] = counts.get(how, 0) + 1
-        # The carried files go through unpack's writer pool, as a full unpack's do: each is
-        # created in order here, written and hashed by the pool; the earliest failure wins.
-        with WriterPool(writer_threads()) as pool:
-            stage.pool = pool
-            try:
-                for entry, chunks in _members(f, opened, limits):
-                    stage.write(entry, chunks, progress)
-                    if pool.failed:
-                        break
-            except Exception as e:
-                pool.finish(e)
-            pool.finish()
+        # The carried files go through unpack's own write loop and writer pool: admitted
+        # here in order, created, written and hashed by the pool; the earliest failure wins.
+        stage.write_members(_members(f, opened, limits), progress)
         # Every reused file is read again where it now is: the stage is what gets installed.
         for entry in reused:
-            _check_staged(stage_root, entry)
+            _check_staged(stage.root, entry)
             progress.advance(entry.size)
         progress.finish()
         stage.write_state(verified)
-        _syncfs(stage_root)
-        _install(stage_root, dest)
-    except OSError as e:
-        raise BundleError(f"cannot write under {dest.parent}: {e.strerror}") from e
-    finally:
-        if stage_root is not None:
-            with contextlib.suppress(OSError):
-                _remove(stage_root)
+        stage.install(dest)
     return counts

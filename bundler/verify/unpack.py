@@ -20,7 +20,6 @@ from typing import BinaryIO, Final, cast
 
 from ..errors import BundleError, IntegrityError, ResourceLimitError, escape
 from ..formats.archive import (
-    CHUNK,
     Header,
     OuterBundle,
     PayloadReader,
@@ -48,7 +47,7 @@ from ..preflight import free_space, require, unpack_need
 from ..progress import NullProgress, Progress
 from .policy import MemberTracker, Verified, check_rollback, verify_manifest
 from .trustpolicy import TrustPolicy, from_trusted_keys, load_policy, packer_keys
-from .writer import WriterPool, join_chunks, writer_threads
+from .writer import Writeback, WriterPool, feed, run_members
 
 _STAGE_TAG: Final = ".airgap-stage-"
 _RENAME_EXCHANGE: Final = 2
@@ -284,11 +283,9 @@ def verify(
         progress.start("verifying files", opened.manifest.payload.unpacked_size)
         # Hash-only jobs: the pool hashes while this thread parses and the reader's thread
         # decompresses ahead.
-        _run_members(
-            f,
-            opened,
-            limits,
-            lambda pool, entry, chunks: _feed(pool, entry, None, chunks, progress),
+        run_members(
+            _members(f, opened, limits),
+            lambda pool, entry, chunks: feed(pool, entry, None, chunks, progress),
         )
         progress.finish()
         return opened.verified
@@ -367,61 +364,6 @@ def read_member(
         raise IntegrityError("listed in the manifest but missing", member=path)
 
 
-def _feed(
-    pool: WriterPool,
-    entry: FileEntry,
-    fd: int | None,
-    chunks: Iterator[bytes],
-    progress: Progress,
-) -> None:
-    """Hand one member's data to the pool: whole if it is one chunk, else streamed.
-
-    Owns ``fd`` (None: hash only): from here on the pool closes it, or this does on error.
-    """
-    if entry.size <= CHUNK:
-        try:
-            data = join_chunks(chunks)
-        except BaseException:
-            if fd is not None:
-                os.close(fd)
-            raise
-        pool.submit(entry, fd, data)
-        progress.advance(len(data))
-        return
-    stream = pool.stream(entry, fd)
-    complete = False
-    try:
-        for chunk in chunks:
-            stream.put(chunk)
-            progress.advance(len(chunk))
-        complete = True
-    finally:
-        pool.end_stream(stream, complete=complete)
-
-
-def _run_members(
-    f: BinaryIO,
-    opened: Opened,
-    limits: Limits,
-    place: Callable[[WriterPool, FileEntry, Iterator[bytes]], None],
-) -> None:
-    """The write loop: every member admitted, then handed by ``place`` to a writer pool.
-
-    Returns once every member's content hash matched. Any failure, in this thread (a header,
-    a limit, a write) or in a worker (a hash, a write), is raised here, and it is the one on
-    the earliest member in payload order, as in a sequential unpack.
-    """
-    with WriterPool(writer_threads()) as pool:
-        try:
-            for entry, chunks in _members(f, opened, limits):
-                place(pool, entry, chunks)
-                if pool.failed:
-                    break  # a worker failed: stop reading, finish() names the failure
-        except Exception as e:
-            pool.finish(e)
-        pool.finish()
-
-
 # ---- unpacking --------------------------------------------------------------------------
 
 
@@ -448,20 +390,18 @@ def read_installed(dest: Path, limits: Limits = DEFAULT_LIMITS) -> Manifest | No
 
 
 @contextlib.contextmanager
-def _locked(parent: Path) -> Iterator[None]:
-    """An exclusive lock on DEST's parent folder, so two unpacks never interleave."""
-    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+def locked(dest: Path) -> Iterator[None]:
+    """An exclusive lock on DEST's parent folder, so two unpacks (or delta applies) never
+    interleave; taken, it removes the stages a killed run left for ``dest``."""
+    fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        # Holding the lock, any stage for this DEST is left over from a killed run.
+        for stale in dest.parent.glob(f".{glob.escape(dest.name)}{_STAGE_TAG}*"):
+            _remove(stale)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
-
-
-def _clean_stale_stages(dest: Path) -> None:
-    # Holding the lock, any stage for this DEST is left over from a killed run.
-    for stale in dest.parent.glob(f".{glob.escape(dest.name)}{_STAGE_TAG}*"):
-        _remove(stale)
 
 
 def _remove(path: Path) -> None:
@@ -502,37 +442,66 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-class _Stage:
-    """Writes verified members into a fresh staging folder that only we have touched."""
+class Stage:
+    """A fresh staging folder beside DEST that only we have touched: folders made here in
+    payload order, files created and filled by a writer pool, then synced (unless
+    ``sync`` is False) and swapped in with one rename. Made by ``staging``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, sync: bool = True) -> None:
         self.root = root
+        self.sync = sync
         self._root_str = os.fspath(root)
         self._dirs: set[str] = {""}
-        self.pool: WriterPool | None = None  # set while the payload is written
+        self.pool: WriterPool | None = None  # set while members are written
 
-    def _mkdirs(self, rel_dir: str) -> None:
+    def mkdirs(self, rel_dir: str) -> None:
+        """Make ``rel_dir`` and its parents (each new: mkdir refuses what exists), 0755."""
         if rel_dir in self._dirs:
             return
         parent = rel_dir.rpartition("/")[0]
-        self._mkdirs(parent)
+        self.mkdirs(parent)
         path = self.root / rel_dir
         os.mkdir(path, 0o755)
         os.chmod(path, 0o755)  # independent of the umask
         self._dirs.add(rel_dir)
 
     def write(self, entry: FileEntry, chunks: Iterator[bytes], progress: Progress) -> None:
-        """Create the member's file here, in payload order; the pool writes and checks it."""
+        """Make the member's folders here, in payload order; the pool creates (O_EXCL,
+        O_NOFOLLOW), writes and checks its file."""
         if self.pool is None:
-            raise RuntimeError("_Stage.write outside _write_payload")
-        self._mkdirs(entry.path.rpartition("/")[0])
-        # O_EXCL and O_NOFOLLOW: the path must be new; nothing can redirect the write.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(f"{self._root_str}/{entry.path}", flags, 0o600)
-        _feed(self.pool, entry, fd, chunks, progress)
+            raise RuntimeError("Stage.write outside Stage.write_members")
+        # Before the job is queued: a worker never meets a folder that is not there yet.
+        self.mkdirs(entry.path.rpartition("/")[0])
+        feed(self.pool, entry, f"{self._root_str}/{entry.path}", chunks, progress)
+
+    def write_members(
+        self, members: Iterator[tuple[FileEntry, Iterator[bytes]]], progress: Progress
+    ) -> None:
+        """Every member into the stage; returns once all are written and their hashes
+        matched (the earliest failure in payload order is raised otherwise)."""
+
+        def place(pool: WriterPool, entry: FileEntry, chunks: Iterator[bytes]) -> None:
+            self.pool = pool
+            self.write(entry, chunks, progress)
+
+        # With sync, the disk starts writing while we decompress, not at the final syncfs.
+        writeback = Writeback(self._root_str) if self.sync else None
+        try:
+            run_members(members, place, writeback=writeback)
+        finally:
+            self.pool = None
+            if writeback is not None:
+                writeback.close()
+
+    def install(self, dest: Path) -> None:
+        """Sync the stage (unless ``sync`` is False) and swap it in for ``dest``; the old
+        tree ends up at the stage path, which ``staging`` removes."""
+        if self.sync:
+            _syncfs(self.root)
+        _install(self.root, dest, sync=self.sync)
 
     def write_state(self, verified: Verified) -> None:
-        self._mkdirs(STATE_DIR)
+        self.mkdirs(STATE_DIR)
         state = [
             (STATE_MANIFEST, verified.manifest_bytes),
             (STATE_SIGNATURE, verified.signature),
@@ -558,6 +527,27 @@ class _Stage:
             os.chmod(path, 0o644)
 
 
+@contextlib.contextmanager
+def staging(dest: Path, *, sync: bool = True) -> Iterator[Stage]:
+    """A new stage beside ``dest`` (same filesystem), removed on leaving, whatever happens:
+    after ``Stage.install`` it holds the old tree, on a failure the partial new one. Call
+    with ``locked(dest)`` held.
+
+    Raises:
+        BundleError: the stage cannot be made or written (an OSError inside the block).
+    """
+    root: Path | None = None
+    try:
+        root = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_STAGE_TAG}", dir=dest.parent))
+        os.chmod(root, 0o755)
+        yield Stage(root, sync=sync)
+    except OSError as e:
+        raise BundleError(f"cannot write under {dest.parent}: {e.strerror}") from e
+    finally:
+        if root is not None:
+            _remove(root)
+
+
 def unpack(
     bundle: Path,
     dest: Path,
@@ -570,6 +560,7 @@ def unpack(
     before_write: Callable[[Manifest], None] | None = None,
     policy: Path | None = None,
     signature_files: Sequence[Path] | None = None,
+    sync: bool = True,
 ) -> Verified:
     """Verify ``bundle`` and install its payload at ``dest``, all or nothing.
 
@@ -578,7 +569,9 @@ def unpack(
 
     Members are written into a staging folder beside ``dest`` (same filesystem), synced, and
     swapped in with one rename; on any failure the stage is removed and ``dest`` is exactly as
-    it was. A stage left by a killed run is removed by the next run.
+    it was. A stage left by a killed run is removed by the next run. ``sync=False`` skips the
+    syncfs and the fsync of the parent (tmpfs, scratch): still all or nothing if the process
+    dies, but after a power loss the new DEST may hold truncated or empty files.
 
     ``before_write`` is called with the verified manifest before anything is written (the
     CLI's host check); whatever it raises stops the unpack with ``dest`` untouched.
@@ -603,6 +596,7 @@ def unpack(
             before_write=before_write,
             policy=policy,
             signature_files=signature_files,
+            sync=sync,
         )
     progress = progress or NullProgress()
     dest = Path(os.path.abspath(dest))
@@ -617,8 +611,7 @@ def unpack(
         )
     if dest.exists() and not dest.is_dir():
         raise BundleError(f"{dest} exists and is not a folder")
-    with _locked(parent):
-        _clean_stale_stages(dest)
+    with locked(dest):
         installed = read_installed(dest, limits) if dest.exists() else None
         if dest.exists() and installed is None and any(dest.iterdir()):
             raise BundleError(
@@ -634,38 +627,13 @@ def unpack(
                 check_rollback(opened.manifest, installed, allow_downgrade=allow_downgrade)
             if before_write is not None:
                 before_write(opened.manifest)
-            stage_root: Path | None = None
-            try:
-                stage_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_STAGE_TAG}", dir=parent))
-                os.chmod(stage_root, 0o755)
-                stage = _Stage(stage_root)
+            with staging(dest, sync=sync) as stage:
                 progress.start("unpacking", opened.manifest.payload.unpacked_size)
-                _write_payload(f, opened, stage, limits, progress)
+                stage.write_members(_members(f, opened, limits), progress)
                 progress.finish()
                 stage.write_state(opened.verified)
-                _syncfs(stage_root)
-                _install(stage_root, dest)
-            except OSError as e:
-                raise BundleError(f"cannot write under {parent}: {e.strerror}") from e
-            finally:
-                if stage_root is not None:
-                    _remove(stage_root)
+                stage.install(dest)
         return opened.verified
-
-
-def _write_payload(
-    f: BinaryIO, opened: Opened, stage: _Stage, limits: Limits, progress: Progress
-) -> None:
-    """Every member into the stage; returns once all are written and their hashes matched."""
-
-    def place(pool: WriterPool, entry: FileEntry, chunks: Iterator[bytes]) -> None:
-        stage.pool = pool
-        stage.write(entry, chunks, progress)
-
-    try:
-        _run_members(f, opened, limits, place)
-    finally:
-        stage.pool = None
 
 
 def _require_space(parent: Path, verified: Verified) -> None:
@@ -688,7 +656,7 @@ def _require_space(parent: Path, verified: Verified) -> None:
     )
 
 
-def _install(stage_root: Path, dest: Path) -> None:
+def _install(stage_root: Path, dest: Path, *, sync: bool) -> None:
     """Swap the stage in; the old tree ends up at the stage path, which the caller removes."""
     if dest.exists():
         if not _exchange(stage_root, dest):
@@ -699,6 +667,8 @@ def _install(stage_root: Path, dest: Path) -> None:
             os.rename(aside, stage_root)
     else:
         os.rename(stage_root, dest)
+    if not sync:
+        return
     fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -1,34 +1,43 @@
-"""A bounded pool of writer threads: member data written, modes set and contents hashed off the
+"""A bounded pool of writer threads: member files created, written, chmodded and hashed off the
 main thread, with the earliest failure in payload order handed back to the main thread.
 
 The main thread keeps everything that decides *what* is written, in payload order: admitting
-each member against the manifest, creating its file (``O_CREAT | O_EXCL | O_NOFOLLOW``, so the
-set of files in the stage always matches the members admitted so far). Workers only fill
-descriptors they were given, so no worker ever resolves a path. Memory is bounded: at most
+each member against the manifest and making its folders. A worker creates the member's file
+(``O_CREAT | O_EXCL | O_NOFOLLOW``) at a path the main thread built from the admitted name
+under a stage only we write to, in which every folder was made by the main thread before the
+job was queued (so no folder can be missing or be anything else when a worker opens it), and
+the manifest parser has refused any name that is another's folder. Memory is bounded: at most
 ``depth`` jobs wait, a small file's job holds its bytes (one chunk at most), a large file is
 streamed through a queue of ``stream_depth`` chunks.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import queue
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
 from ..formats.archive import CHUNK
 from ..formats.manifest import FileEntry
+from ..progress import Progress
 from .policy import MemberTracker
 
 _ZEROS: Final = bytes(CHUNK)
 _HOLE_MIN: Final = 64 << 10
 _BATCH_FILES: Final = 32
 _BATCH_BYTES: Final = 4 << 20
+# O_EXCL and O_NOFOLLOW: the path must be new; nothing can redirect the write.
+_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SYNC_FILE_RANGE_WRITE: Final = 2  # linux/fs.h: start writeback, do not wait for it
+_WRITEBACK_STEP: Final = 8 << 20  # a large member's bytes handed to the disk this often
+_SYNCFS_STEP: Final = 256 << 20  # small members' bytes between two background syncfs
 
 
 class _Aborted(Exception):
@@ -76,8 +85,64 @@ class _Stream:
 class _Job:
     index: int
     entry: FileEntry
-    fd: int | None  # None: hash only (verify)
+    path: str | None  # the file to create; None: hash only (verify)
     data: bytes | _Stream
+
+
+class Writeback:
+    """Starts the disk writes of a stage early, so its final syncfs has little left to do.
+
+    Without this the kernel starts writing only once a tenth of RAM is dirty, and the final
+    syncfs then waits for all of it. Two hints, neither of which waits for the disk: a large
+    member's bytes are handed to the disk every ``_WRITEBACK_STEP`` (sync_file_range), and
+    after every ``_SYNCFS_STEP`` of small members a background thread syncfs-es the stage
+    (their files are closed by then, so per-file hints would cost a syscall each for
+    nothing). Durability still comes only from the caller's final syncfs.
+    """
+
+    def __init__(self, root: str) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._range: Callable[..., int] | None = getattr(libc, "sync_file_range", None)
+        if self._range is not None:
+            self._range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        self._syncfs: Callable[[int], int] | None = getattr(libc, "syncfs", None)
+        self._fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._small = 0  # small members' bytes since the last background syncfs
+        self._kick = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="airgap-writeback", daemon=True)
+        self._thread.start()
+
+    def range(self, fd: int, offset: int, length: int) -> None:
+        """``length`` bytes of ``fd`` from ``offset`` were written: start writing them out."""
+        if self._range is not None and length > 0:
+            self._range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a hint: errors ignored
+
+    def small(self, length: int) -> None:
+        """A small member of ``length`` bytes was written and closed."""
+        with self._lock:
+            self._small += length
+            if self._small < _SYNCFS_STEP:
+                return
+            self._small = 0
+        self._kick.set()
+
+    def _run(self) -> None:
+        while True:
+            self._kick.wait()
+            self._kick.clear()
+            if self._done:
+                return
+            if self._syncfs is not None:
+                self._syncfs(self._fd)
+
+    def close(self) -> None:
+        """Stop the background thread (waiting for a syncfs under way) and close the stage."""
+        self._done = True
+        self._kick.set()
+        self._thread.join()
+        os.close(self._fd)
 
 
 def _drain(data: bytes | _Stream) -> None:
@@ -91,7 +156,9 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _fill(fd: int | None, entry: FileEntry, data: bytes | _Stream) -> str:
+def _fill(
+    fd: int | None, entry: FileEntry, data: bytes | _Stream, writeback: Writeback | None
+) -> str:
     """Write (unless hash-only) and hash one member's data; its sha256 in hex."""
     if isinstance(data, bytes):
         if fd is not None:
@@ -99,6 +166,7 @@ def _fill(fd: int | None, entry: FileEntry, data: bytes | _Stream) -> str:
         return hashlib.sha256(data).hexdigest()
     digest = hashlib.sha256()
     holes = False
+    offset = flushed = 0  # bytes of the file so far; of those, handed to the disk
     for chunk in data:
         digest.update(chunk)
         if fd is None:
@@ -110,20 +178,29 @@ def _fill(fd: int | None, entry: FileEntry, data: bytes | _Stream) -> str:
             holes = True
         else:
             _write_all(fd, chunk)
+        offset += len(chunk)
+        if writeback is not None and offset - flushed >= _WRITEBACK_STEP:
+            writeback.range(fd, flushed, offset - flushed)
+            flushed = offset
     if fd is not None and holes:
         os.ftruncate(fd, entry.size)  # trailing holes: the size comes from the length
+    if fd is not None and writeback is not None:
+        writeback.range(fd, flushed, offset - flushed)
     return digest.hexdigest()
 
 
 class WriterPool:
-    """Threads that fill and check the files the main thread created.
+    """Threads that create, fill and check the members the main thread admitted.
 
     Use as a context manager; ``finish()`` waits for every job and raises the earliest
     failure in payload order. Leaving the block any other way abandons queued work, closes
     every descriptor and joins the threads, so the caller may then remove the stage.
+    ``writeback`` (None: none) starts the disk writes early (see ``Writeback``).
     """
 
-    def __init__(self, threads: int = 2, depth: int = 4) -> None:
+    def __init__(
+        self, threads: int = 2, depth: int = 4, writeback: Writeback | None = None
+    ) -> None:
         # Small members go out in batches (fewer hand-overs and wake-ups per file); each
         # batch is bounded in count and bytes, and ``depth`` batches wait at most, so open
         # descriptors and buffered bytes stay bounded too.
@@ -136,6 +213,7 @@ class WriterPool:
         self._abandon = threading.Event()
         self._open: _Stream | None = None  # the stream the main thread is feeding
         self.submitted = 0
+        self._writeback = writeback
         self._threads = [
             threading.Thread(target=self._run, name=f"airgap-writer-{i}", daemon=True)
             for i in range(max(1, threads))
@@ -145,19 +223,20 @@ class WriterPool:
 
     # ---- the main thread --------------------------------------------------------------
 
-    def submit(self, entry: FileEntry, fd: int | None, data: bytes) -> None:
-        """A member whose data is all here (one chunk at most): write, chmod, close, check."""
-        self._batch.append(_Job(self.submitted, entry, fd, data))
+    def submit(self, entry: FileEntry, path: str | None, data: bytes) -> None:
+        """A member whose data is all here (one chunk at most): create ``path`` (None: hash
+        only), write, chmod, close, check."""
+        self._batch.append(_Job(self.submitted, entry, path, data))
         self.submitted += 1
         self._batch_bytes += len(data)
         if len(self._batch) >= _BATCH_FILES or self._batch_bytes >= _BATCH_BYTES:
             self._flush()
 
-    def stream(self, entry: FileEntry, fd: int | None) -> _Stream:
+    def stream(self, entry: FileEntry, path: str | None) -> _Stream:
         """A member too large to hold: put() its chunks, then close() (or abort())."""
         self._flush()
         stream = _Stream()
-        self._jobs.put([_Job(self.submitted, entry, fd, stream)])
+        self._jobs.put([_Job(self.submitted, entry, path, stream)])
         self.submitted += 1
         self._open = stream
         return stream
@@ -165,13 +244,7 @@ class WriterPool:
     def _flush(self) -> None:
         if self._batch:
             batch, self._batch, self._batch_bytes = self._batch, [], 0
-            try:
-                self._jobs.put(batch)
-            except BaseException:  # interrupted while waiting: no worker will close these
-                for job in batch:
-                    if job.fd is not None:
-                        os.close(job.fd)
-                raise
+            self._jobs.put(batch)  # interrupted while waiting: nothing was opened for these
 
     def end_stream(self, stream: _Stream, *, complete: bool) -> None:
         """The main thread is done feeding ``stream``: all of it, or it gave up."""
@@ -234,13 +307,16 @@ class WriterPool:
                 self._do(job)
 
     def _do(self, job: _Job) -> None:
+        fd: int | None = None
         try:
             if self._abandon.is_set() or job.index > self._first_error:
                 # Abandoned, or an earlier member's failure is the one reported anyway.
                 raise _Aborted
-            digest = _fill(job.fd, job.entry, job.data)
-            if job.fd is not None:
-                os.fchmod(job.fd, job.entry.mode)
+            if job.path is not None:
+                fd = os.open(job.path, _CREATE, 0o600)
+            digest = _fill(fd, job.entry, job.data, self._writeback)
+            if fd is not None:
+                os.fchmod(fd, job.entry.mode)
             MemberTracker.check_content(job.entry, digest)
         except _Aborted:
             _drain(job.data)
@@ -250,8 +326,10 @@ class WriterPool:
                 self._errors[job.index] = e
                 self._first_error = min(self._first_error, job.index)
         finally:
-            if job.fd is not None:
-                os.close(job.fd)
+            if fd is not None:
+                os.close(fd)
+                if self._writeback is not None and isinstance(job.data, bytes):
+                    self._writeback.small(len(job.data))
 
 
 def writer_threads(cpus: int | None = None) -> int:
@@ -263,3 +341,54 @@ def join_chunks(chunks: Iterable[bytes]) -> bytes:
     """A small member's data as one bytes object (usually it already is one chunk)."""
     parts = list(chunks)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def feed(
+    pool: WriterPool,
+    entry: FileEntry,
+    path: str | None,
+    chunks: Iterator[bytes],
+    progress: Progress,
+) -> None:
+    """Hand one member's data to the pool: whole if it is one chunk, else streamed.
+
+    ``path`` is the file the pool creates for it (None: hash only).
+    """
+    if entry.size <= CHUNK:
+        data = join_chunks(chunks)
+        pool.submit(entry, path, data)
+        progress.advance(len(data))
+        return
+    stream = pool.stream(entry, path)
+    complete = False
+    try:
+        for chunk in chunks:
+            stream.put(chunk)
+            progress.advance(len(chunk))
+        complete = True
+    finally:
+        pool.end_stream(stream, complete=complete)
+
+
+def run_members(
+    members: Iterable[tuple[FileEntry, Iterator[bytes]]],
+    place: Callable[[WriterPool, FileEntry, Iterator[bytes]], None],
+    *,
+    writeback: Writeback | None = None,
+) -> None:
+    """The write loop of unpack, verify and delta apply: every member, as ``members`` admits
+    it, handed by ``place`` to one writer pool (usually through ``feed``).
+
+    Returns once every member's content hash matched. Any failure, in this thread (a header,
+    a limit, a folder) or in a worker (a hash, a write), is raised here, and it is the one on
+    the earliest member in payload order, as in a sequential unpack.
+    """
+    with WriterPool(writer_threads(), writeback=writeback) as pool:
+        try:
+            for entry, chunks in members:
+                place(pool, entry, chunks)
+                if pool.failed:
+                    break  # a worker failed: stop reading, finish() names the failure
+        except Exception as e:
+            pool.finish(e)
+        pool.finish()
