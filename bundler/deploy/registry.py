@@ -210,14 +210,28 @@ class RegistryClient:
         realm = params.pop("realm", "")
         if not realm.startswith(("https://", "http://")):
             raise RegistryError(f"the registry's token realm {realm!r} is not an http(s) URL")
-        url = realm + "?" + urllib.parse.urlencode(params)
+        # Only what the token protocol defines is passed on (a challenge also carries
+        # error="insufficient_scope" when a token of another repository was sent); the realm
+        # may hold a query of its own.
+        query = {k: v for k, v in params.items() if k in ("service", "scope")}
+        url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
         headers = {}
         if self._creds:
             pair = f"{self._creds.username}:{self._creds.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         status, _, body = self._request(url, headers)
+        if status in (401, 403):
+            raise RegistryError(
+                f"the registry's token service at {realm} refused "
+                + (f"the credentials of {self._creds.username!r}" if self._creds else "us")
+                + f" ({status}) for {query.get('scope', 'this registry')}",
+                remedy="pass --credentials FILE or log in with `docker login` on this host",
+            )
         if status != 200:
-            raise RegistryError(f"the registry's token service answered {status}")
+            raise RegistryError(
+                f"the registry's token service at {realm} answered {status}",
+                remedy="check that the token service runs and knows this registry",
+            )
         try:
             doc = json.loads(body)
             token = doc.get("token") or doc.get("access_token")
