@@ -1,25 +1,37 @@
 """Test support: Debian's docker-registry (the CNCF distribution registry), run with our own
 config: bound to 127.0.0.1 on a free port, a temporary storage root, optionally TLS (a
-self-signed certificate the test makes) and htpasswd auth. Its packaged config binds every
-interface and is never used."""
+self-signed certificate the test makes) and htpasswd auth, or token auth with a token server
+of our own (:class:`TokenServer`). Its packaged config binds every interface and is never
+used."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import secrets
 import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _tlscert import make_cert
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 REGISTRY = "/usr/bin/docker-registry"
 
@@ -37,6 +49,117 @@ class Registry:
     ca: Path | None = None
     user: str | None = None
     password: str | None = None
+    tokens: TokenServer | None = None
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class TokenServer:
+    """The distribution token protocol's auth server, on 127.0.0.1: ``GET /token?service=&
+    scope=...`` with Basic credentials answers a JWT (ES256) whose header carries the signing
+    certificate in ``x5c``; the registry trusts it through ``rootcertbundle``. Only the one
+    user is known; it is granted pull and push on the repositories it asks for, nothing else.
+    Every request is logged in ``requests`` (user or None, scopes, status)."""
+
+    folder: Path
+    service: str
+    issuer: str = "airgap-test-issuer"
+    user: str = "fleet"
+    password: str = field(default_factory=lambda: "t0ken-" + secrets.token_hex(6))
+    requests: list[tuple[str | None, list[str], int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.cert_path, key_path = make_cert(self.folder)
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        self._key = key
+        cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        self._x5c = [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.realm = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+
+    def token(self, subject: str, scopes: list[str]) -> str:
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            if kind != "repository" or not name:
+                continue
+            granted = [a for a in actions.split(",") if a in ("pull", "push")]
+            access.append({"type": kind, "name": name, "actions": granted})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "ES256", "x5c": self._x5c}
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
+        signing_input = ".".join(
+            _b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
+        )
+        der = self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)  # JWS ES256 wants r || s, 32 bytes each
+        return signing_input + "." + _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                query = urllib.parse.parse_qs(url.query)
+                scopes = [s for v in query.get("scope", []) for s in v.split(" ")]
+                user = outer._basic_user(self.headers.get("Authorization", ""))
+                if url.path != "/token" or query.get("service") != [outer.service]:
+                    status, body = 400, {"errors": [{"code": "UNSUPPORTED"}]}
+                elif user is None:
+                    status, body = 401, {"errors": [{"code": "UNAUTHORIZED"}]}
+                else:
+                    token = outer.token(user, scopes)
+                    status, body = 200, {"token": token, "access_token": token, "expires_in": 300}
+                outer.requests.append((user, scopes, status))
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                if status == 401:
+                    self.send_header("WWW-Authenticate", 'Basic realm="airgap-test-tokens"')
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+    def _basic_user(self, header: str) -> str | None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            user, _, password = base64.b64decode(value).decode().partition(":")
+        except ValueError:
+            return None
+        ok = secrets.compare_digest(user, self.user) and secrets.compare_digest(
+            password, self.password
+        )
+        return user if ok else None
+
+    def __enter__(self) -> TokenServer:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def require_registry() -> None:
@@ -47,8 +170,12 @@ def require_registry() -> None:
 
 
 @contextmanager
-def run_registry(workdir: Path, *, tls: bool = False, auth: bool = False) -> Iterator[Registry]:
-    """A registry on 127.0.0.1 for the duration of the block (stopped even on failure)."""
+def run_registry(
+    workdir: Path, *, tls: bool = False, auth: bool = False, token: bool = False
+) -> Iterator[Registry]:
+    """A registry on 127.0.0.1 for the duration of the block (stopped even on failure).
+
+    ``auth``: htpasswd; ``token``: token auth, with a :class:`TokenServer` started here."""
     require_registry()
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -83,6 +210,18 @@ def run_registry(workdir: Path, *, tls: bool = False, auth: bool = False) -> Ite
             "    realm: airgap-test",
             f"    path: {workdir / 'htpasswd'}",
         ]
+    tokens = None
+    if token:
+        tokens = TokenServer(workdir / "tokens", service=f"airgap-test-registry-{port}")
+        user, password = tokens.user, tokens.password
+        lines += [
+            "auth:",
+            "  token:",
+            f"    realm: {tokens.realm}",
+            f"    service: {tokens.service}",
+            f"    issuer: {tokens.issuer}",
+            f"    rootcertbundle: {tokens.cert_path}",
+        ]
     config = workdir / "config.yml"
     config.write_text("\n".join(lines) + "\n")
     certs_d = Path("/etc/docker/certs.d") / host
@@ -93,9 +232,13 @@ def run_registry(workdir: Path, *, tls: bool = False, auth: bool = False) -> Ite
     log = (workdir / "registry.log").open("wb")
     proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=log, stderr=log)
     try:
+        if tokens is not None:
+            tokens.__enter__()
         _wait(host, ca, proc)
-        yield Registry(host, workdir / "root", ca, user, password)
+        yield Registry(host, workdir / "root", ca, user, password, tokens)
     finally:
+        if tokens is not None:
+            tokens.__exit__()
         proc.terminate()
         try:
             proc.wait(timeout=10)

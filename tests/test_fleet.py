@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -177,9 +178,12 @@ def test_push_over_tls_with_htpasswd_credentials_from_a_file(fleet: Fleet, tmp_p
         proc = _airgap(*args)
         assert proc.returncode == 1
         assert len(proc.stderr.strip().splitlines()) == 1
+        assert "asks for credentials" in proc.stderr and "--credentials FILE" in proc.stderr
         wrong = tmp_path / "wrong.json"
         wrong.write_text(json.dumps({"username": reg.user, "password": "nope"}))
-        assert _airgap(*args, "--credentials", str(wrong)).returncode == 1
+        proc = _airgap(*args, "--credentials", str(wrong))
+        assert proc.returncode == 1
+        assert "refused the credentials of 'fleet'" in proc.stderr
         proc = _airgap(*args, "--credentials", str(creds), "--json")
         assert proc.returncode == 0, proc.stderr[-2000:]
         image = json.loads(proc.stdout)["images"][0]
@@ -200,6 +204,85 @@ def test_push_over_tls_with_htpasswd_credentials_from_a_file(fleet: Fleet, tmp_p
         with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
             assert "sha256:" + hashlib.sha256(r.read()).hexdigest() == image["pinned"].split("@")[1]
     # The engine's copy of the tag for that registry is ours to remove.
+    eng = DockerEngine.connect()
+    eng.remove_image(image["tag"])
+    eng.close()
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
+def test_push_with_token_auth_against_a_real_token_server(fleet: Fleet, tmp_path: Path) -> None:
+    """The registry with `auth: token`: the engine and our client both get JWTs from the token
+    server (signed with the key of the certificate in the registry's rootcertbundle, sent in
+    x5c) with the credentials from a Docker config.json (or a file)."""
+    dest = tmp_path / "dest"
+    shutil.copytree(fleet.dest, dest, symlinks=True)
+    with run_registry(tmp_path / "token", token=True) as reg:
+        assert reg.tokens is not None and reg.user and reg.password
+        args = ["push", str(dest), "--registry", f"{reg.host}/team", "--plain-http", "--image"]
+        args += ["normal", "-q"]
+        before = _read_or_none(dest / ".airgap" / "pushed.json")
+        # Wrong credentials: refused by the token service, one line, exit 1.
+        wrong = tmp_path / "wrong.json"
+        wrong.write_text(json.dumps({"username": reg.user, "password": "nope"}))
+        proc = _airgap(*args, "--credentials", str(wrong))
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert f"token service at {reg.tokens.realm} refused the credentials of 'fleet'" in lines[0]
+        assert "--credentials FILE" in lines[0]
+        print(f"wrong token credentials: {lines[0]}")
+        # Refused before the engine pushed anything: the registry holds no repository yet.
+        assert not (reg.root / "docker" / "registry" / "v2" / "repositories").exists()
+        assert _read_or_none(dest / ".airgap" / "pushed.json") == before  # nothing recorded
+        assert reg.tokens.requests and all(u is None for u, _, _ in reg.tokens.requests)
+        # The right ones, from a Docker configuration ($DOCKER_CONFIG/config.json).
+        config = tmp_path / "docker-config"
+        config.mkdir()
+        auth = base64.b64encode(f"{reg.user}:{reg.password}".encode()).decode()
+        (config / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": auth}}}))
+        proc = subprocess.run(
+            [sys.executable, "-m", "bundler", *args, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, "DOCKER_CONFIG": str(config)},
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        image = json.loads(proc.stdout)["images"][0]
+        assert image["image_id"] == fleet.built["normal"]
+        granted = [(u, scopes) for u, scopes, status in reg.tokens.requests if status == 200]
+        print(f"token requests granted: {granted}")
+        # Our check asked for pull and push before the engine pushed; the engine asked for
+        # its own push token (its order of the actions differs).
+        scopes = [sc for _, many in granted for sc in many]
+        ours = f"repository:team/{NAME}:pull,push"
+        assert ours in scopes, scopes
+        assert any(sc != ours and "push" in sc.rsplit(":", 1)[1] for sc in scopes), scopes
+        assert all(u == reg.user for u, _ in granted)
+        # Independently of the code under test: the digest recorded is what the registry
+        # serves under the tag, with a token for pull.
+        token = reg.tokens.token(reg.user, [f"repository:team/{NAME}:pull"])
+        req = urllib.request.Request(
+            f"http://{reg.host}/v2/team/{NAME}/manifests/{image['tag'].rsplit(':', 1)[1]}",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/vnd.docker.distribution.manifest.v2+json",
+            },
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = r.read()
+        recorded = json.loads((dest / ".airgap" / "pushed.json").read_text())
+        assert recorded["registry"] == f"{reg.host}/team"
+        record = recorded["images"][0]
+        assert record["digest"] == "sha256:" + hashlib.sha256(body).hexdigest()
+        assert json.loads(body)["config"]["digest"] == fleet.built["normal"]
+        # Without a token the registry serves nothing.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req.full_url, timeout=10)
+        assert refused.value.code == 401
     eng = DockerEngine.connect()
     eng.remove_image(image["tag"])
     eng.close()
@@ -666,6 +749,26 @@ def test_swarm_deploy_rollout_kill_and_undeploy(swarm: Swarm) -> None:
     again = _airgap("deploy", "swarm", str(fleet.dest))
     assert again.returncode == 1 and "--update" in again.stderr
 
+    # The bundle's signed smoke test, through the balancer's published port.
+    lb_url = f"http://127.0.0.1:{swarm.lb_port}"
+    proc = _airgap("smoke", str(fleet.dest), "--url", lb_url, "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    smoke = json.loads(proc.stdout)["smoke"]
+    assert smoke["ok"] and smoke["status"] == 200 and smoke["url"] == f"{lb_url}/score"
+    # deploy swarm --smoke: sent once the service converged (here an update to the same
+    # bundle, which moves nothing); a wrong answer (404 under a path the server does not
+    # have) exits 4 with one line, and the service keeps running.
+    proc = _airgap("deploy", "swarm", str(fleet.dest), "--update", "--smoke", lb_url, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["ok"] and out["smoke"]["ok"] and out["ready"] == 3
+    proc = _airgap("deploy", "swarm", str(fleet.dest), "--update", "--smoke", f"{lb_url}/nothere")
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("smoke test")]
+    assert len(failed) == 1 and failed[0].startswith("smoke test failed:")
+    assert "/nothere/score -> 404" in failed[0]
+    assert post_score(f"{lb_url}/score", IRIS_ROWS) == {"predictions": ["setosa", "virginica"]}
+
     # Roll out 1.0.1 while clients keep scoring: no request may fail.
     with Load(swarm.lb_port) as load:
         time.sleep(2)
@@ -770,6 +873,8 @@ def test_swarm_routing_mesh_spec_and_missing_swarm(swarm: Swarm) -> None:
             "1",
             "--port",
             str(port),
+            "--cpus",
+            "0.5",
             "--timeout",
             "120",
         ],
@@ -788,5 +893,7 @@ def test_swarm_routing_mesh_spec_and_missing_swarm(swarm: Swarm) -> None:
         assert update["Order"] == "start-first" and update["FailureAction"] == "rollback"
         health = service["Spec"]["TaskTemplate"]["ContainerSpec"]["Healthcheck"]
         assert health["Test"][0] == "CMD"
+        # --cpus: each replica's limit, as docker's --cpus (NanoCPUs).
+        assert service["Spec"]["TaskTemplate"]["Resources"]["Limits"] == {"NanoCPUs": 500_000_000}
     finally:
         _docker("service", "rm", NAME, check=False)

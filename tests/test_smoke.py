@@ -420,3 +420,62 @@ def test_auth_key_file_sends_the_first_key_as_a_bearer_token_and_the_query_is_ke
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---- deploy swarm --smoke: a balancer that has not yet found the replicas --------------------
+
+
+def _scripted_server(answers: list[tuple[int, bytes]]) -> tuple[Any, list[int]]:
+    """A real HTTP server on 127.0.0.1 answering ``answers`` in turn (the last one forever)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    served: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, body = answers[min(len(served), len(answers) - 1)]
+            served.append(status)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, served
+
+
+def test_smoke_through_a_balancer_retries_only_while_no_replica_answers() -> None:
+    from bundler.deploy.smoke import run_through_balancer
+
+    spec = SmokeSpec(body='{"x": 1}', has_json=True, json={"ok": True})
+    good = (200, b'{"ok": true}')
+    server, served = _scripted_server([(503, b"no server"), (502, b""), good])
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run_through_balancer(spec, url, wait=10)
+        assert result.ok and served == [503, 502, 200]
+    finally:
+        server.shutdown()
+    # A wrong answer is judged at once, never retried into a pass.
+    server, served = _scripted_server([(404, b"not found"), good])
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run_through_balancer(spec, url, wait=10)
+        assert not result.ok and result.status == 404 and served == [404]
+    finally:
+        server.shutdown()
+    # A balancer that never finds a replica: the last 503 is the failure, after the wait.
+    server, served = _scripted_server([(503, b"no server")])
+    try:
+        start = time.monotonic()
+        result = run_through_balancer(spec, f"http://127.0.0.1:{server.server_address[1]}", wait=1)
+        assert not result.ok and result.status == 503 and 1 <= time.monotonic() - start < 5
+        assert len(served) >= 2
+    finally:
+        server.shutdown()

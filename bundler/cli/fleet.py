@@ -3,6 +3,7 @@ status, undeploy."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -262,6 +263,12 @@ def _status_json(st: object) -> dict[str, object]:
 )
 @click.option("--network", help="Overlay network to join (made attachable when missing).")
 @click.option(
+    "--cpus",
+    type=click.FloatRange(0.01, 1024),
+    help="CPU limit of each replica, as docker's --cpus (new service: none; --update: the "
+    "running service's).",
+)
+@click.option(
     "--update",
     is_flag=True,
     help="Roll the running service to this bundle (start-first, rollback on failure).",
@@ -273,6 +280,24 @@ def _status_json(st: object) -> dict[str, object]:
     type=click.FloatRange(1),
     help="Seconds to wait for every replica to be healthy.",
 )
+@click.option(
+    "--smoke",
+    "smoke_url",
+    metavar="URL",
+    help="Once every replica is healthy, send the bundle's signed smoke test to URL (the "
+    "published port, or your balancer in front); exit 4 if it fails.",
+)
+@click.option(
+    "--smoke-auth-key-file",
+    "smoke_key_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="For --smoke: send its first line as `Authorization: Bearer KEY`.",
+)
+@click.option(
+    "--smoke-cacert",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="For --smoke: CA certificate (PEM) to check an https:// URL with.",
+)
 @trust_options(RECHECK_HELP)
 @json_option
 @funnel
@@ -283,8 +308,12 @@ def deploy_swarm_cmd(
     packages: str,
     endpoint_mode: str | None,
     network: str | None,
+    cpus: float | None,
     update: bool,
     timeout: float,
+    smoke_url: str | None,
+    smoke_key_file: Path | None,
+    smoke_cacert: Path | None,
     trust: tuple[Path, ...],
     as_json: bool,
 ) -> None:
@@ -295,11 +324,25 @@ def deploy_swarm_cmd(
       airgap deploy swarm /srv/iris --replicas 3 --port 6789
       airgap deploy swarm /srv/iris-1.0.1 --update     # rolling update, no downtime
       airgap deploy swarm /srv/iris --endpoint-mode dnsrr --network models  # own balancer
+      airgap deploy swarm /srv/iris-1.0.1 --update --smoke http://lb.site.internal:8080
       airgap status /srv/iris
       airgap undeploy /srv/iris
-    """
-    from ..deploy.swarm import deploy
 
+    With --smoke, a failed smoke test exits 4 and leaves the service as it is (roll back
+    with `airgap deploy swarm OLD_DEST --update`); answers of none or 502/503/504 are
+    retried for 30 s while a balancer in front finds the new replicas.
+    """
+    from ..deploy.smoke import run_through_balancer, target_url
+    from ..deploy.swarm import deploy
+    from ..errors import EXIT_SMOKE
+    from .ops import smoke_extras, smoke_spec_for
+
+    spec = None
+    if smoke_url is not None:
+        # Before deploying: a bundle without a smoke test, or a bad URL, fails at once.
+        spec = smoke_spec_for(dest, trust)
+        target_url(smoke_url, spec)
+    headers, context = smoke_extras(smoke_key_file, smoke_cacert)
     st = deploy(
         dest,
         replicas=replicas,
@@ -307,15 +350,26 @@ def deploy_swarm_cmd(
         packages=packages,  # type: ignore[arg-type]  # click.Choice guarantees the value
         endpoint_mode=endpoint_mode,  # type: ignore[arg-type]
         network=network,
+        cpus=cpus,
         update=update,
         timeout=timeout,
         trust=trust or None,
         on_line=None if as_json else to_stderr,
     )
+    result = None
+    if spec is not None and smoke_url is not None:
+        result = run_through_balancer(
+            spec, smoke_url, wait=30.0, headers=headers, ssl_context=context
+        )
     if as_json:
-        emit_json(_status_json(st))
-        return
-    _print_status(st)
+        extra = {"smoke": result.to_json_dict()} if result is not None else {}
+        emit_json({**_status_json(st), **extra, "ok": result is None or result.ok})
+    else:
+        _print_status(st)
+        if result is not None:
+            click.echo(result.summary(), err=not result.ok)
+    if result is not None and not result.ok:
+        sys.exit(EXIT_SMOKE)
 
 
 @cli.command("status")

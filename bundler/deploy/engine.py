@@ -540,6 +540,7 @@ class ServiceSpec:
     health_start: float = 120.0
     stop_grace: float = 30.0
     monitor: float = 10.0  # how long a new task must stay healthy before the next one moves
+    cpus: float | None = None  # CPU limit per replica (docker's --cpus; NanoCPUs); None: none
 
 
 @dataclass(frozen=True)
@@ -586,6 +587,9 @@ def _service_parts(spec: ServiceSpec) -> dict[str, Any]:
         restart_policy=docker.types.RestartPolicy(condition="any", delay=int(1 * _NS)),
         # In the task template: Swarm refuses to update services given networks at the top.
         networks=list(spec.networks) or None,
+        resources=docker.types.Resources(cpu_limit=round(spec.cpus * _NS))
+        if spec.cpus is not None
+        else None,
     )
     update = docker.types.UpdateConfig(
         parallelism=1,

@@ -210,14 +210,32 @@ class RegistryClient:
         realm = params.pop("realm", "")
         if not realm.startswith(("https://", "http://")):
             raise RegistryError(f"the registry's token realm {realm!r} is not an http(s) URL")
-        url = realm + "?" + urllib.parse.urlencode(params)
+        # Only what the token protocol defines is passed on (a challenge also carries
+        # error="insufficient_scope" when a token of another repository was sent); the realm
+        # may hold a query of its own.
+        query = {k: v for k, v in params.items() if k in ("service", "scope")}
+        url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
         headers = {}
         if self._creds:
             pair = f"{self._creds.username}:{self._creds.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         status, _, body = self._request(url, headers)
+        if status in (401, 403):
+            raise RegistryError(
+                f"the registry's token service at {realm} refused "
+                + (
+                    f"the credentials of {self._creds.username!r}"
+                    if self._creds
+                    else "anonymous access"
+                )
+                + f" ({status}) for {query.get('scope', 'this registry')}",
+                remedy="pass --credentials FILE or log in with `docker login` on this host",
+            )
         if status != 200:
-            raise RegistryError(f"the registry's token service answered {status}")
+            raise RegistryError(
+                f"the registry's token service at {realm} answered {status}",
+                remedy="check that the token service runs and knows this registry",
+            )
         try:
             doc = json.loads(body)
             token = doc.get("token") or doc.get("access_token")
@@ -226,6 +244,34 @@ class RegistryClient:
         if not isinstance(token, str):
             raise RegistryError("the registry's token service answered no token")
         self._token = token
+
+    def check_login(self, repository_path: str) -> None:
+        """Ask the registry (``GET /v2/``) whether our credentials are good, before the engine
+        pushes: the engine's own refusal says only "unauthorized". With token auth, fetch a
+        token for ``repository:PATH:pull,push`` now, so a refusal names the token service.
+
+        Raises:
+            RegistryError: the registry or its token service refused the credentials.
+        """
+        url = f"{self._scheme}://{self.registry.host}/v2/"
+        status, headers, _ = self._request(url, self._auth_header())
+        challenge = headers.get("www-authenticate", "")
+        if status == 401 and challenge.lower().startswith("bearer"):
+            # The challenge of /v2/ names no scope: ask for what the push needs.
+            self._bearer(f'{challenge},scope="repository:{repository_path}:pull,push"')
+            return
+        if status == 401:
+            what = (
+                f"refused the credentials of {self._creds.username!r}"
+                if self._creds
+                else "asks for credentials, and none were found"
+            )
+            raise RegistryError(
+                f"the registry at {self.registry.host} {what}",
+                remedy="pass --credentials FILE or log in with `docker login` on this host",
+            )
+        if status != 200:
+            raise RegistryError(f"the registry at {self.registry.host} answered {status} to /v2/")
 
     def manifest(self, repository_path: str, reference: str) -> tuple[str, bytes, dict[str, Any]]:
         """The manifest under ``reference`` (tag or digest): (its sha256 digest, its bytes,
@@ -334,13 +380,14 @@ def push(
         name, _, tag = b.tag.rpartition(":")
         name = name.rsplit("/", 1)[-1]
         repository = registry.repository(name)
+        path = _repository_path(registry, repository)
+        client.check_login(path)
         eng.tag_image(b.image_id, repository, tag)
         if on_line:
             on_line(f"pushing {repository}:{tag}")
         reported = eng.push_image(
             repository, tag, auth=creds.engine_auth() if creds else None, on_line=on_line
         )
-        path = _repository_path(registry, repository)
         digest, _, doc = client.manifest(path, tag)
         config = doc["config"].get("digest")
         if digest != reported:

@@ -194,3 +194,33 @@ def run(
     if len(data) > MAX_ANSWER:
         return SmokeResult(url, spec.method, status, elapsed, (f"answer over {MAX_ANSWER} bytes",))
     return SmokeResult(url, spec.method, status, elapsed, tuple(evaluate(spec, status, data)))
+
+
+_BALANCER_NOT_READY: Final = (502, 503, 504)  # a balancer that sees no replica (yet)
+
+
+def run_through_balancer(
+    spec: SmokeSpec,
+    base_url: str,
+    *,
+    wait: float,
+    headers: Mapping[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> SmokeResult:
+    """:func:`run`, for a service behind a load balancer that has just converged.
+
+    A balancer finds new replicas by its own health checks and DNS, seconds after the
+    orchestrator calls them healthy: while the answer is none at all or 502/503/504 (a
+    balancer with no replica to send to), ask again for up to ``wait`` seconds. Any other
+    answer is judged at once, so a wrong answer is never retried into a pass.
+
+    Raises:
+        UsageError: ``base_url`` is not an http(s) URL.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        result = run(spec, base_url, headers=headers, ssl_context=ssl_context)
+        waiting = result.status is None or result.status in _BALANCER_NOT_READY
+        if result.ok or not waiting or time.monotonic() >= deadline:
+            return result
+        time.sleep(0.5)

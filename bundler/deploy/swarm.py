@@ -82,6 +82,7 @@ def _spec(
     port: int | None,
     endpoint_mode: EndpointMode,
     network: str | None,
+    cpus: float | None,
     trust: Sequence[Path] | None,
 ) -> tuple[ServiceSpec, str]:
     manifest = check_unpacked(dest, trust=trust, roots=())
@@ -124,6 +125,7 @@ def _spec(
             "org.opencontainers.image.version": manifest.version,
         },
         mounts=mounts,
+        cpus=cpus,
     )
     return spec, manifest.version
 
@@ -136,6 +138,7 @@ def deploy(
     packages: SwarmPackages = "baked",
     endpoint_mode: EndpointMode | None = None,
     network: str | None = None,
+    cpus: float | None = None,
     update: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     trust: Sequence[Path] | None = None,
@@ -148,8 +151,9 @@ def deploy(
     ``endpoint_mode`` "vip" publishes ``port`` through Swarm's routing mesh (every node, every
     interface; the kernel needs IPVS). "dnsrr" publishes nothing: the replicas answer on the
     overlay ``network`` as ``tasks.<service>``, for the site's own load balancer in front.
-    A new service defaults to 3 replicas, vip and port 6789; an update keeps the running
-    service's replicas, endpoint mode, port and network unless they are given.
+    ``cpus`` limits each replica's CPU (docker's ``--cpus``). A new service defaults to 3
+    replicas, vip, port 6789 and no CPU limit; an update keeps the running service's
+    replicas, endpoint mode, port, network and CPU limit unless they are given.
 
     Raises:
         SignatureError (exit 3): DEST's stored manifest does not verify.
@@ -172,11 +176,15 @@ def deploy(
             remedy="move it to this bundle with: airgap deploy swarm DEST --update",
         )
     current = (
-        _current_settings(existing) if existing is not None else _Settings(3, "vip", 6789, None)
+        _current_settings(existing)
+        if existing is not None
+        else _Settings(3, "vip", 6789, None, None)
     )
     mode: EndpointMode = endpoint_mode or current.endpoint_mode
     if replicas is not None and replicas < 1:
         raise UsageError("--replicas must be at least 1")
+    if cpus is not None and not 0.01 <= cpus <= 1024:
+        raise UsageError("--cpus must be between 0.01 and 1024")
     wanted = replicas or current.replicas
     net = network or current.network
     if mode == "dnsrr":
@@ -188,7 +196,8 @@ def deploy(
         published = None  # Swarm refuses a routing-mesh port on a DNS round-robin service
     else:
         published = port or current.port or 6789
-    spec, version = _spec(dest, packages, wanted, published, mode, net, trust)
+    limit = cpus if cpus is not None else current.cpus
+    spec, version = _spec(dest, packages, wanted, published, mode, net, limit, trust)
     if network:
         services.ensure_network(network)
     if update:
@@ -208,6 +217,7 @@ class _Settings:
     endpoint_mode: EndpointMode
     port: int | None
     network: str | None  # a name or an ID
+    cpus: float | None
 
 
 def _current_settings(service: dict[str, Any]) -> _Settings:
@@ -219,7 +229,9 @@ def _current_settings(service: dict[str, Any]) -> _Settings:
     port = int(ports[0]["PublishedPort"]) if ports and ports[0].get("PublishedPort") else None
     nets = spec.get("TaskTemplate", {}).get("Networks") or []
     network = str(nets[0]["Target"]) if nets and nets[0].get("Target") else None
-    return _Settings(replicas, mode, port, network)
+    nano = (spec.get("TaskTemplate", {}).get("Resources") or {}).get("Limits", {}).get("NanoCPUs")
+    cpus = int(nano) / 1e9 if nano else None
+    return _Settings(replicas, mode, port, network, cpus)
 
 
 def _replicas(services: SwarmServices, tasks: Sequence[TaskInfo]) -> tuple[ReplicaStatus, ...]:
