@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _registry import free_port, run_registry  # noqa: E402
+from _registry import free_port, haproxy_config, run_registry  # noqa: E402
 from bench_runtime import PAYLOAD, WRK_LUA, wrk  # noqa: E402
 
 from bundler.cli import main  # noqa: E402
@@ -61,37 +61,6 @@ NETWORK = "airgap-bench-fleet"
 HAPROXY_IMAGE = "airgap-test/bookworm-haproxy:latest"
 EXPECTED = {"predictions": ["setosa", "virginica"]}
 TARGETS = {"rollout_failed": 0}
-# The same HAProxy settings as tests/test_fleet.py, for either backend.
-HAPROXY_CFG = """\
-global
-  log stdout format raw local0 warning
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  retries 3
-  option redispatch 1
-  retry-on conn-failure empty-response response-timeout
-resolvers docker
-  nameserver dns 127.0.0.11:53
-  hold valid 1s
-  hold obsolete 1s
-  hold nx 1s
-  hold other 1s
-  hold refused 1s
-  hold timeout 1s
-  timeout resolve 500ms
-  timeout retry 500ms
-frontend score
-  bind :8080
-  default_backend replicas
-backend replicas
-  balance roundrobin
-  option httpchk GET /
-  default-server check inter 500ms fall 1 rise 1 resolvers docker init-addr none
-  {servers}
-"""
 
 
 def log(message: str) -> None:
@@ -180,7 +149,7 @@ def container(name: str, *args: str) -> Iterator[str]:
 
 def balancer(work: Path, name: str, servers: str) -> tuple[ExitStack, int]:
     cfg = work / f"{name}.cfg"
-    cfg.write_text(HAPROXY_CFG.format(servers=servers))
+    cfg.write_text(haproxy_config(servers))
     cfg.chmod(0o644)
     port = free_port()
     stack = ExitStack()

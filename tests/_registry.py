@@ -266,3 +266,43 @@ def _wait(host: str, ca: Path | None, proc: subprocess.Popen[bytes]) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"docker-registry did not answer on {host}")
+
+
+# HAProxy in front of Swarm replicas (the kernel here has no IPVS, so the routing mesh cannot
+# carry traffic): health-checked, re-resolving Docker's DNS every second, retrying a request
+# whose replica went away. Shared by tests/test_fleet.py and bench/bench_fleet.py.
+_HAPROXY_CFG = """\
+global
+  log stdout format raw local0 warning
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  retries 3
+  option redispatch 1
+  retry-on conn-failure empty-response response-timeout
+resolvers docker
+  nameserver dns 127.0.0.11:53
+  hold valid 1s
+  hold obsolete 1s
+  hold nx 1s
+  hold other 1s
+  hold refused 1s
+  hold timeout 1s
+  timeout resolve 500ms
+  timeout retry 500ms
+frontend score
+  bind :8080
+  default_backend replicas
+backend replicas
+  balance roundrobin
+  option httpchk GET /
+  default-server check inter 500ms fall 1 rise 1 resolvers docker init-addr none
+  {servers}
+"""
+
+
+def haproxy_config(servers: str) -> str:
+    """The HAProxy configuration with ``servers`` (backend ``server`` lines) filled in."""
+    return _HAPROXY_CFG.format(servers=servers)

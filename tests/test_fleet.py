@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
-from _registry import Registry, free_port, run_registry
+from _registry import Registry, free_port, haproxy_config, run_registry
 from test_docker import ensure_engine, post_score
 from test_docker_e2e import EXAMPLE, IRIS_ROWS, isolated
 
@@ -572,36 +572,6 @@ def test_k8s_output_matches_golden_files() -> None:
 # ---- Docker Swarm, for real -------------------------------------------------------------------
 
 NETWORK = "airgap-test-fleet"
-HAPROXY_CFG = """\
-global
-  log stdout format raw local0 warning
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  retries 3
-  option redispatch 1
-  retry-on conn-failure empty-response response-timeout
-resolvers docker
-  nameserver dns 127.0.0.11:53
-  hold valid 1s
-  hold obsolete 1s
-  hold nx 1s
-  hold other 1s
-  hold refused 1s
-  hold timeout 1s
-  timeout resolve 500ms
-  timeout retry 500ms
-frontend score
-  bind :8080
-  default_backend replicas
-backend replicas
-  balance roundrobin
-  option httpchk GET /
-  default-server check inter 500ms fall 1 rise 1 resolvers docker init-addr none
-  server-template replica 10 tasks.{service}:5001
-"""
 
 
 @dataclass
@@ -636,7 +606,7 @@ def swarm(pushed: Fleet) -> Iterator[Swarm]:
             capture_output=True,
             timeout=900,
         )
-        cfg.write_text(HAPROXY_CFG.format(service=NAME))
+        cfg.write_text(haproxy_config(f"server-template replica 10 tasks.{NAME}:5001"))
         os.chmod(cfg, 0o644)
         _docker("network", "create", "-d", "overlay", "--attachable", NETWORK, check=False)
         port = free_port()
