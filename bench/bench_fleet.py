@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _registry import free_port, haproxy_config, run_registry  # noqa: E402
+from _registry import free_port, haproxy_config, haproxy_run_args, run_registry  # noqa: E402
 from bench_runtime import PAYLOAD, WRK_LUA, wrk  # noqa: E402
 
 from bundler.cli import main  # noqa: E402
@@ -58,7 +58,6 @@ from bundler.deploy.engine import DockerEngine  # noqa: E402
 EXAMPLE = ROOT / "examples" / "iris-sklearn"
 NAME = "fleet-bench"
 NETWORK = "airgap-bench-fleet"
-HAPROXY_IMAGE = "airgap-test/bookworm-haproxy:latest"
 EXPECTED = {"predictions": ["setosa", "virginica"]}
 TARGETS = {"rollout_failed": 0}
 
@@ -153,21 +152,7 @@ def balancer(work: Path, name: str, servers: str) -> tuple[ExitStack, int]:
     cfg.chmod(0o644)
     port = free_port()
     stack = ExitStack()
-    stack.enter_context(
-        container(
-            name,
-            "--network",
-            NETWORK,
-            "-p",
-            f"127.0.0.1:{port}:8080",
-            "-v",
-            f"{cfg}:/etc/haproxy/haproxy.cfg:ro",
-            HAPROXY_IMAGE,
-            "haproxy",
-            "-f",
-            "/etc/haproxy/haproxy.cfg",
-        )
-    )
+    stack.enter_context(container(name, *haproxy_run_args(NETWORK, port, cfg)))
     return stack, port
 
 

@@ -306,3 +306,23 @@ backend replicas
 def haproxy_config(servers: str) -> str:
     """The HAProxy configuration with ``servers`` (backend ``server`` lines) filled in."""
     return _HAPROXY_CFG.format(servers=servers)
+
+
+HAPROXY_IMAGE = "airgap-test/bookworm-haproxy:latest"
+
+
+def haproxy_run_args(network: str, port: int, cfg: Path) -> list[str]:
+    """`docker run` arguments after the container's name: HAProxy with ``cfg`` on
+    ``network``, published on 127.0.0.1:``port``."""
+    return [
+        "--network",
+        network,
+        "-p",
+        f"127.0.0.1:{port}:8080",
+        "-v",
+        f"{cfg}:/etc/haproxy/haproxy.cfg:ro",
+        HAPROXY_IMAGE,
+        "haproxy",
+        "-f",
+        "/etc/haproxy/haproxy.cfg",
+    ]

@@ -30,7 +30,14 @@ from typing import Any
 
 import pytest
 import yaml
-from _registry import Registry, free_port, haproxy_config, run_registry
+from _registry import (
+    HAPROXY_IMAGE,
+    Registry,
+    free_port,
+    haproxy_config,
+    haproxy_run_args,
+    run_registry,
+)
 from test_docker import ensure_engine, post_score
 from test_docker_e2e import EXAMPLE, IRIS_ROWS, isolated
 
@@ -41,7 +48,6 @@ from bundler.deploy.kube import KUBERNETES_VERSIONS, KubeSpec, objects, render_c
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
 
 NAME = "fleet-iris"
-HAPROXY_IMAGE = "airgap-test/bookworm-haproxy:latest"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -610,22 +616,7 @@ def swarm(pushed: Fleet) -> Iterator[Swarm]:
         os.chmod(cfg, 0o644)
         _docker("network", "create", "-d", "overlay", "--attachable", NETWORK, check=False)
         port = free_port()
-        _docker(
-            "run",
-            "-d",
-            "--name",
-            lb,
-            "--network",
-            NETWORK,
-            "-p",
-            f"127.0.0.1:{port}:8080",
-            "-v",
-            f"{cfg}:/etc/haproxy/haproxy.cfg:ro",
-            HAPROXY_IMAGE,
-            "haproxy",
-            "-f",
-            "/etc/haproxy/haproxy.cfg",
-        )
+        _docker("run", "-d", "--name", lb, *haproxy_run_args(NETWORK, port, cfg))
         yield Swarm(pushed, port)
     finally:
         _docker("rm", "-f", lb, check=False)
