@@ -48,7 +48,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _registry import free_port, haproxy_config, haproxy_run_args, run_registry  # noqa: E402
+from _registry import (  # noqa: E402
+    free_port,
+    haproxy_config,
+    haproxy_run_args,
+    remove_built_images,
+    run_registry,
+)
 from bench_runtime import PAYLOAD, WRK_LUA, wrk  # noqa: E402
 
 from bundler.cli import main  # noqa: E402
@@ -302,11 +308,7 @@ def main_bench(argv: list[str] | None = None) -> int:
                 if score(lb_fleet) != EXPECTED:
                     raise RuntimeError("the fleet answers wrongly after the rollout")
     finally:
-        for dest in dests:
-            record = dest / ".airgap" / "images.json"
-            if record.exists():
-                for image in json.loads(record.read_text())["images"]:
-                    engine.remove_image(image["image_id"])
+        remove_built_images(engine, dests)
         engine.close()
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()

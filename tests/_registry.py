@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -326,3 +326,12 @@ def haproxy_run_args(network: str, port: int, cfg: Path) -> list[str]:
         "-f",
         "/etc/haproxy/haproxy.cfg",
     ]
+
+
+def remove_built_images(engine: Any, dests: Iterable[Path]) -> None:
+    """Teardown: remove the images `airgap build` recorded in each DEST (if it got that far)."""
+    for dest in dests:
+        record = dest / ".airgap" / "images.json"
+        if record.exists():
+            for image in json.loads(record.read_text())["images"]:
+                engine.remove_image(image["image_id"])

@@ -36,6 +36,7 @@ from _registry import (
     free_port,
     haproxy_config,
     haproxy_run_args,
+    remove_built_images,
     run_registry,
 )
 from test_docker import ensure_engine, post_score
@@ -101,11 +102,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     assert proc.returncode == 0, proc.stderr[-3000:]
     with run_registry(root / "registry") as registry:
         yield Fleet(root, keys / "airgap.pub", dests[0], dests[1], registry, "models", built)
-    for dest in dests:
-        record = dest / ".airgap" / "images.json"
-        if record.exists():
-            for image in json.loads(record.read_text())["images"]:
-                engine.remove_image(image["image_id"])
+    remove_built_images(engine, dests)
     engine.close()
 
 
