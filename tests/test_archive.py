@@ -286,3 +286,81 @@ def test_the_writer_bundle_is_read_back(make_bundle: MakeBundle, tmp_path: Path)
         reader = PayloadReader(f, outer.payload_offset, outer.payload_size, limit)
         assert _read_all(reader) == {"app/score.py": b"x" * 5000, "model/m.bin": b""}
         reader.finish(manifest.payload.sha256)
+
+
+# ---- frames (docs/format.md §5) ----------------------------------------------------------
+
+
+def test_frame_plan_breaks_at_group_changes_and_after_the_size_but_never_inside_a_member() -> None:
+    from bundler.formats.archive import FRAME_BYTES, frame_plan, member_bytes
+
+    big = FRAME_BYTES  # one member alone fills a frame
+    assert frame_plan([], []) == []
+    assert frame_plan([1, 2, 3], [None, None, None]) == [(0, 3)]
+    assert frame_plan([1, 2, 3, 4], [None, "a", "a", None]) == [(0, 1), (1, 3), (3, 4)]
+    # A frame that has reached FRAME_BYTES ends before the next member, even in one group.
+    assert frame_plan([big, 1, big - 2 * member_bytes(1), 1], ["a"] * 4) == [(0, 1), (1, 4)]
+    assert frame_plan([big, 1, big - member_bytes(1), 1], ["a"] * 4) == [(0, 1), (1, 3), (3, 4)]
+    assert frame_plan([big * 3], ["a"]) == [(0, 1)]  # a large member is never split
+    # The same list always gives the same plan, and groups' names only matter by changing.
+    assert frame_plan([5, 6], ["x", "y"]) == frame_plan([5, 6], ["p", "q"])
+
+
+def _frame(members: list[tuple[str, bytes, int]], mtime: int = 7) -> bytes:
+    from bundler.formats.archive import ustar_header
+
+    raw = b"".join(
+        ustar_header(n, len(d), m, mtime) + d + b"\0" * (-len(d) % 512) for n, d, m in members
+    )
+    return zstandard.ZstdCompressor(level=3).compress(raw)
+
+
+def test_check_frame_returns_each_members_digest_and_refuses_any_difference() -> None:
+    from bundler.formats.archive import check_frame
+
+    members = [("a/x.py", b"x" * 700, 0o644), ("a/y", b"", 0o755), ("a/z", b"z" * 3, 0o644)]
+    want = [(n, len(d), m) for n, d, m in members]
+    good = _frame(members)
+    assert check_frame(io.BytesIO(good), want, 7) == [
+        hashlib.sha256(d).hexdigest() for _, d, _ in members
+    ]
+
+    def refused(data: bytes, expect: list[tuple[str, int, int]] = want, mtime: int = 7) -> str:
+        with pytest.raises(IntegrityError) as e:
+            check_frame(io.BytesIO(data), expect, mtime)
+        return e.value.message
+
+    assert "another header" in refused(good, mtime=8)  # headers carry the mtime
+    assert "another header" in refused(good, [want[0], ("a/y", 0, 0o644), want[2]])
+    assert "more than its members" in refused(good, want[:2])
+    assert "ends early" in refused(good, [*want, ("a/w", 1, 0o644)])
+    assert "ends early" in refused(good[: len(good) // 2])
+    assert "corrupt" in refused(good[:20] + bytes([good[20] ^ 0xFF]) + good[21:])
+    # Two valid frames back to back are read across (as every reader does), so a frame
+    # followed by more members is refused as holding more than its own.
+    assert "more than its members" in refused(good + _frame(members[:1]))
+    # Non-zero padding after a member.
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(good)
+    bad = bytearray(raw)
+    bad[512 + 700] = 1
+    assert "non-zero padding" in refused(zstandard.ZstdCompressor().compress(bytes(bad)))
+
+
+def test_check_frame_reads_a_bomb_in_bounded_pieces() -> None:
+    # 1 GiB of zeros compresses to ~32 KiB; the check reads no more than the expected
+    # members' bytes plus one piece, so it refuses quickly without inflating it.
+    import resource
+
+    from bundler.formats.archive import check_frame, ustar_header
+
+    head = ustar_header("a/x", 10, 0o644, 7)
+    cctx = zstandard.ZstdCompressor(level=1)
+    chunks = cctx.compressobj()
+    parts = [chunks.compress(head + b"\0" * 512)]
+    zero = b"\0" * (1 << 20)
+    parts += [chunks.compress(zero) for _ in range(1024)]
+    parts.append(chunks.flush())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(IntegrityError, match="more than its members"):
+        check_frame(io.BytesIO(b"".join(parts)), [("a/x", 10, 0o644)], 7)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024  # KiB

@@ -224,6 +224,8 @@ def test_tampered_entry_warns_rebuilds_and_matches_a_cold_pack(
     proj = make_project(tmp_path, TABULATE)
     doc, _ = packer.pack(proj)
     entry = _site_entry(packer, doc)
+    # Without kept frames the writer reads the tree's files (with them, see the frame tests).
+    shutil.rmtree(entry.parent / "frames")
     tamper(entry)
     out = packer.work / f"tampered-{tmp_path.name}.airgap"
     proc = airgap(
@@ -419,3 +421,138 @@ def test_concurrent_packs_share_the_cache(packer: Packer, tmp_path: Path) -> Non
     info = packer.info()
     assert len(info["entries"]) == 2  # one per tree, whichever pack stored it first
     assert not list((packer.cache / "trees" / "tmp").iterdir())  # no stage left behind
+
+
+# ---- kept compressed frames ---------------------------------------------------------------
+
+
+def _frames(packer: Packer, doc: dict[str, Any]) -> Path:
+    """The site-packages entry's one kept frame set: frames/<params>/{index.json,N.zst}."""
+    (params,) = (_site_entry(packer, doc).parent / "frames").iterdir()
+    return params
+
+
+def _frame_with(folder: Path, needle: bytes) -> Path:
+    """The kept frame file whose members hold ``needle``."""
+    import zstandard
+
+    for f in sorted(folder.glob("*.zst")):
+        if needle in zstandard.ZstdDecompressor().decompressobj().decompress(f.read_bytes()):
+            return f
+    raise AssertionError(f"no frame holds {needle!r}")
+
+
+def _flip_compressed_byte(folder: Path) -> None:
+    f = _frame_with(folder, b"def tabulate(")
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+def _recompress_other_content(folder: Path) -> None:
+    # A valid zstd frame, same members and sizes, one byte of tabulate's code changed: only
+    # the members' sha256 against the entry's record can tell.
+    import zstandard
+
+    f = _frame_with(folder, b"def tabulate(")
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(f.read_bytes())
+    at = raw.index(b"def tabulate(")
+    f.write_bytes(
+        zstandard.ZstdCompressor(level=1).compress(raw[:at] + b"def tabulatf(" + raw[at + 13 :])
+    )
+
+
+def _swap_frames(folder: Path) -> None:
+    # The site and prefix roots' frames traded places: valid frames, other members.
+    a, b = sorted(folder.glob("*.zst"))[:2]
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+
+
+def _truncate(folder: Path) -> None:
+    f = _frame_with(folder, b"def tabulate(")
+    f.write_bytes(f.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize(
+    ("tamper", "said"),
+    [
+        (_flip_compressed_byte, "cached frame"),
+        (_recompress_other_content, "a cached frame's content differs from the cache's record"),
+        (_swap_frames, "cached frame holds another header"),
+        (_truncate, "cached frame"),
+    ],
+    ids=["flipped-byte", "other-content", "swapped", "truncated"],
+)
+def test_a_tampered_kept_frame_is_compressed_again_and_matches_a_cold_pack(
+    packer: Packer, tmp_path: Path, tamper: Any, said: str
+) -> None:
+    proj = make_project(tmp_path, TABULATE)
+    doc, first = packer.pack(proj)
+    assert [t["reused_frames"] for t in doc["trees"]] == [0, 0]  # built: frames kept now
+    doc, second = packer.pack(proj)
+    reused = {t["tree"]: t["reused_frames"] for t in doc["trees"]}
+    assert reused["site-packages"] == 2 and reused["runtime/lib"] >= 1  # site + prefix roots
+    assert first.read_bytes() == second.read_bytes()
+    tamper(_frames(packer, doc))
+    doc, out = packer.pack(proj)
+    assert len(doc["warnings"]) == 1, doc["warnings"]
+    line = doc["warnings"][0]
+    assert line.startswith("tree cache: site-packages entry ") and said in line, line
+    assert line.endswith("compressing it again")
+    # The tree itself was fine: still a hit, and the bundle is the cold pack's.
+    assert {t["tree"]: t["cache"] for t in doc["trees"]}["site-packages"] == "hit"
+    assert out.read_bytes() == cold(packer, proj)
+    # The frames were kept again from that bundle: reused with no warning next time.
+    doc, again = packer.pack(proj)
+    assert doc["warnings"] == []
+    assert {t["tree"]: t["reused_frames"] for t in doc["trees"]}["site-packages"] == 2
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_kept_frames_ship_checked_bytes_not_an_edited_tree(packer: Packer, tmp_path: Path) -> None:
+    # With frames the tree's files are not read: what ships is the frame, checked member by
+    # member against the record, so an edit to the tree on disk cannot reach the bundle.
+    proj = make_project(tmp_path, TABULATE)
+    doc, first = packer.pack(proj)
+    _edit_same_size(_site_entry(packer, doc))
+    doc, out = packer.pack(proj)
+    assert doc["warnings"] == []
+    assert {t["tree"]: t["reused_frames"] for t in doc["trees"]}["site-packages"] == 2
+    assert out.read_bytes() == first.read_bytes() == cold(packer, proj)
+
+
+def test_frames_are_kept_only_with_a_pinned_created_time(packer: Packer, tmp_path: Path) -> None:
+    proj = make_project(tmp_path, TABULATE)
+    packer.pack(proj, "--json")
+    # SOURCE_DATE_EPOCH unset: `created` is now, which every header carries, so frames
+    # written now could never be reused; none are kept (the kept set stays the pinned one).
+    trees = packer.cache / "trees"
+    before = sorted(p.relative_to(trees) for p in trees.glob("*/frames/*/*"))
+    assert before
+    out = packer.work / f"now-{tmp_path.name}.airgap"
+    proc = airgap(
+        "pack",
+        proj,
+        "-o",
+        out,
+        "--key",
+        "keys/airgap.key",
+        "--cache-dir",
+        packer.cache,
+        "-q",
+        "--json",
+        cwd=packer.work,
+        env={"SOURCE_DATE_EPOCH": ""},
+    )
+    doc = json.loads(proc.stdout)
+    assert [t["reused_frames"] for t in doc["trees"]] == [0, 0]
+    assert sorted(p.relative_to(trees) for p in trees.glob("*/frames/*/*")) == before
+    # The kept frames count toward the cache's size bound: each entry's size is its files'
+    # (from its record) plus its frames'.
+    for e in packer.info()["entries"]:
+        entry = trees / e["key"]
+        files = json.loads((entry / "record.json").read_text())["size"]
+        kept = sum(p.stat().st_size for p in entry.glob("frames/*/*"))
+        assert kept > 0 and e["size"] == files + kept

@@ -10,6 +10,7 @@ import pytest
 from bundler.errors import UsageError
 from bundler.pack import treecache
 from bundler.pack.treecache import TreeSpec, parse_size, tree_key
+from bundler.pack.wheels import wheel_digest
 from bundler.target import Target
 
 TARGET = Target.create("3.11", ["manylinux_2_28_x86_64"])
@@ -62,8 +63,8 @@ def test_the_key_covers_wheel_bytes_names_target_roots_and_bytecode(tmp_path: Pa
     stored = tmp_path / "sha256" / ("0" * 64) / a.name
     stored.parent.mkdir(parents=True)
     stored.write_bytes(b"anything")
-    assert treecache._wheel_digest(stored) == "0" * 64
-    assert treecache._wheel_digest(a) == treecache.hashlib.sha256(b"one").hexdigest()
+    assert wheel_digest(stored) == "0" * 64
+    assert wheel_digest(a) == treecache.hashlib.sha256(b"one").hexdigest()
 
 
 def _record(**changes: object) -> bytes:

@@ -302,6 +302,7 @@ def pack(
                     "key": t.key,
                     "cache": t.cache,
                     "reused_bytecode": t.reused_bytecode,
+                    "reused_frames": t.reused_frames,
                 }
                 for t in trees
             ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import queue
 import re
 import struct
@@ -316,6 +317,103 @@ def _member_pieces(
     yield b"\x00" * _padding(size)
 
 
+# A frame holds members up to about this many tar bytes (a member is never split), and a new
+# frame starts wherever a member's frame group changes (docs/format.md §5): whole frames can
+# then be reused by a later pack of the same tree and checked on several cores.
+FRAME_BYTES: Final = 32 << 20
+
+
+def member_bytes(size: int) -> int:
+    """How many tar bytes a member of ``size`` data bytes takes: header, data, padding."""
+    return BLOCK + size + _padding(size)
+
+
+def frame_plan(sizes: Sequence[int], groups: Sequence[str | None]) -> list[tuple[int, int]]:
+    """Split members (in payload order) into frames, as ``(start, end)`` index ranges.
+
+    A frame ends before a member whose group differs from the frame's, and before a member
+    once the frame holds ``FRAME_BYTES`` or more. Pure and deterministic: the same member
+    list always gives the same frames, whichever of them a pack compresses or reuses.
+    """
+    plan: list[tuple[int, int]] = []
+    start, filled = 0, 0
+    for i, (size, group) in enumerate(zip(sizes, groups, strict=True)):
+        if i > start and (group != groups[start] or filled >= FRAME_BYTES):
+            plan.append((start, i))
+            start, filled = i, 0
+        filled += member_bytes(size)
+    if start < len(sizes):
+        plan.append((start, len(sizes)))
+    return plan
+
+
+_FRAME_FORMAT: Final = "airgap-frames/1"
+
+
+def frame_params(level: int, mtime: int) -> str:
+    """What decides a frame's compressed bytes besides its members: the frame rules, the
+    level, the headers' mtime and the zstd library; a digest, to name reusable frames."""
+    doc = [_FRAME_FORMAT, FRAME_BYTES, level, mtime, zstandard.ZSTD_VERSION, zstandard.__version__]
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+
+def check_frame(
+    src: BinaryIO,
+    members: Sequence[tuple[str, int, int]],
+    mtime: int,
+    max_window: int = DEFAULT_LIMITS.max_window_bytes,
+) -> list[str]:
+    """Decompress compressed bytes that must hold exactly ``members`` (name, size, mode) as
+    this writer emits them; return each member's sha256. Memory stays bounded (~1 MiB
+    pieces): the expected sizes bound every read, so a crafted frame cannot inflate.
+
+    Raises:
+        IntegrityError: a header, size, padding or the end differs, or the stream is corrupt.
+    """
+    dctx = zstandard.ZstdDecompressor(max_window_size=max_window)
+    reader = dctx.stream_reader(src, read_size=CHUNK, read_across_frames=True, closefd=False)
+    buf = memoryview(b"")
+    pos = 0
+
+    def take(n: int, member: str) -> memoryview:
+        """The next ``n`` (at most CHUNK) decompressed bytes; most come from one buffer, so
+        the many small members cost no call into the decompressor each."""
+        nonlocal buf, pos
+        if pos + n > len(buf):
+            rest = bytes(buf[pos:])
+            piece = reader.read(max(CHUNK, n - len(rest)))
+            while len(rest) + len(piece) < n and piece:
+                rest += piece
+                piece = reader.read(CHUNK)
+            buf, pos = memoryview(rest + piece), 0
+            if len(buf) < n:
+                raise IntegrityError("cached frame ends early", member=member)
+        pos += n
+        return buf[pos - n : pos]
+
+    digests: list[str] = []
+    name = "payload"
+    try:
+        for name, size, mode in members:
+            if take(BLOCK, name) != ustar_header(name, size, mode, mtime):
+                raise IntegrityError("cached frame holds another header", member=name)
+            digest = hashlib.sha256()
+            remaining = size
+            while remaining:
+                piece = take(min(CHUNK, remaining), name)
+                digest.update(piece)
+                remaining -= len(piece)
+            pad = _padding(size)
+            if pad and take(pad, name) != bytes(pad):
+                raise IntegrityError("cached frame has non-zero padding", member=name)
+            digests.append(digest.hexdigest())
+        if pos < len(buf) or reader.read(1):
+            raise IntegrityError("cached frame holds more than its members", member=name)
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"cached frame is corrupt: {e}", member=name) from None
+    return digests
+
+
 @dataclass(frozen=True)
 class MemberSource:
     """One member to write: its name, mode and size, and how to open its bytes."""
@@ -412,6 +510,7 @@ class BundleWriter:
             raise ValueError("threads must be >= 1")
         self._out = out
         self._mtime = mtime
+        self.mtime = mtime
         self._start = out.tell()
         out.write(b"\x00" * BLOCK)  # placeholder header for payload.tar.zst
         self._hashing = _HashingWriter(out)
@@ -423,9 +522,37 @@ class BundleWriter:
             cast(BinaryIO, self._hashing), closefd=False, write_size=CHUNK
         )
         self.tar = TarWriter(cast(BinaryIO, self._zwriter), mtime)
+        self._frame_start = 0
+
+    @property
+    def payload_offset(self) -> int:
+        """Where the compressed payload starts in ``out`` (after its outer header)."""
+        return self._start + BLOCK
+
+    @property
+    def compressed(self) -> int:
+        """Compressed payload bytes written so far (a frame's offset, after end_frame)."""
+        return self._hashing.size
+
+    def end_frame(self) -> None:
+        """End the current zstd frame, if anything was written since the last one."""
+        if self.tar.written != self._frame_start:
+            self._zwriter.flush(zstandard.FLUSH_FRAME)
+            self._frame_start = self.tar.written
+
+    def copy_frame(self, src: BinaryIO, tar_bytes: int) -> None:
+        """Append already-compressed frame bytes (which decompress to ``tar_bytes`` bytes of
+        members) as they are; the caller checks them (:func:`check_frame`) before signing."""
+        self.end_frame()
+        while chunk := src.read(CHUNK):
+            self._hashing.write(chunk)
+        self.tar.written += tar_bytes
+        self._frame_start = self.tar.written
 
     def finish_payload(self) -> PayloadStats:
-        """Close the payload tar and its zstd frame; fix up the payload's outer header."""
+        """End the members' frame, then write the end-of-archive marker in a frame of its
+        own and close it; fix up the payload's outer header."""
+        self.end_frame()
         self.tar.close()
         self._zwriter.flush(zstandard.FLUSH_FRAME)
         size = self._hashing.size

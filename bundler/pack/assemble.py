@@ -8,14 +8,22 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn, Protocol, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..errors import BundleError, ProjectError
-from ..formats.archive import BundleWriter, MemberSource
+from ..errors import BundleError, IntegrityError, ProjectError
+from ..formats.archive import (
+    BundleWriter,
+    MemberSource,
+    check_frame,
+    frame_params,
+    frame_plan,
+    member_bytes,
+)
 from ..formats.manifest import (
     BaseImage,
     FileEntry,
@@ -39,6 +47,9 @@ class SourceFile:
     path: str
     source: Path | bytes
     mode: int  # already normalised to 0o644 or 0o755
+    # Files of one group share zstd frames (a new frame starts where the group changes), so
+    # a later pack can reuse the group's compressed frames (see FrameReuse).
+    group: str | None = None
 
     def open(self) -> BinaryIO:
         if isinstance(self.source, bytes):
@@ -49,6 +60,36 @@ class SourceFile:
         if isinstance(self.source, bytes):
             return len(self.source)
         return self.source.stat().st_size
+
+
+@dataclass(frozen=True)
+class CachedFrame:
+    """A reusable frame: the file with its compressed bytes, and what each member's sha256
+    must be (the cache's own record)."""
+
+    path: Path
+    sha256: tuple[str, ...]
+
+
+class FrameReuse(Protocol):
+    """Where write_bundle may take already-compressed frames from, and tells what it wrote.
+
+    A frame is named by its group, the compression parameters (:func:`frame_params`: level,
+    mtime, zstd version) and its exact member names. A reused frame is never trusted: the
+    bytes copied into the bundle are decompressed and every member's header and sha256
+    checked (on several threads) before anything is signed.
+    """
+
+    def lookup(self, group: str, params: str, names: tuple[str, ...]) -> CachedFrame | None:
+        """This frame's compressed bytes and members' digests, or None to compress it."""
+
+    def rejected(self, group: str, error: IntegrityError) -> NoReturn:
+        """A reused frame failed its check: raise the error to report."""
+
+    def written(
+        self, group: str, params: str, names: tuple[str, ...], offset: int, size: int
+    ) -> None:
+        """A frame of ``group`` was compressed at ``offset`` (``size`` bytes) of the output."""
 
 
 @dataclass(frozen=True)
@@ -146,12 +187,14 @@ def write_bundle(
     threads: int = 0,
     progress: Progress | None = None,
     check: Callable[[Manifest], None] | None = None,
+    frames: FrameReuse | None = None,
 ) -> Manifest:
     """Write a signed bundle of ``files`` to ``out``; return its manifest.
 
     ``threads`` 0 means one per core; the output is the same for any thread count.
     ``check`` sees the manifest (every file's hash, as written) before it is signed; if it
-    raises, nothing is signed and ``out`` is left as it was.
+    raises, nothing is signed and ``out`` is left as it was. ``frames`` offers compressed
+    frames to reuse for grouped files; the bundle is byte-identical either way.
 
     Raises:
         UnsafeMemberError: a payload path is unsafe or two collide.
@@ -171,7 +214,17 @@ def write_bundle(
             MemberSource(name=f.path, mode=f.mode, size=size, open=f.open)
             for f, size in zip(ordered, sizes, strict=True)
         ]
-        digests = writer.tar.add_all(members, on_written=progress.advance)
+        groups = [f.group for f in ordered]
+        digests = _write_frames(
+            writer,
+            fh,
+            members,
+            groups,
+            frames,
+            frame_params(level, meta.created),
+            threads,
+            progress,
+        )
         entries = [
             FileEntry(path=m.name, size=m.size, mode=m.mode, sha256=d)
             for m, d in zip(members, digests, strict=True)
@@ -204,3 +257,94 @@ def write_bundle(
         data = manifest.to_bytes()
         writer.finish(data, sign(private_key, data))
     return manifest
+
+
+class _Pread(io.RawIOBase):
+    """Reads ``size`` bytes at ``offset`` of a file descriptor with pread (thread-safe)."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd, self._pos, self._end = fd, offset, offset + size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self._end - self._pos)
+        if n <= 0:
+            return 0
+        data = os.pread(self._fd, n, self._pos)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _write_frames(
+    writer: BundleWriter,
+    fh: BinaryIO,
+    members: Sequence[MemberSource],
+    groups: Sequence[str | None],
+    frames: FrameReuse | None,
+    params: str,
+    threads: int,
+    progress: Progress,
+) -> list[str]:
+    """Write every member, frame by frame (:func:`frame_plan`); return their sha256 digests.
+
+    A grouped frame that ``frames`` holds is copied as it is, then decompressed and checked
+    from the bundle's own bytes (not the cache's, which could change meanwhile) on a worker
+    thread while later frames are written. Any other frame is compressed.
+    """
+    digests: list[str] = [""] * len(members)
+    checks: list[tuple[str, int, CachedFrame, Future[list[str]]]] = []
+    plan = frame_plan([m.size for m in members], groups)
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="frame") as pool:
+        for start, end in plan:
+            span = members[start:end]
+            group = groups[start]
+            names = tuple(m.name for m in span)
+            cached = None
+            if frames is not None and group is not None:
+                cached = frames.lookup(group, params, names)
+            writer.end_frame()
+            offset = writer.payload_offset + writer.compressed
+            if cached is not None:
+                assert frames is not None and group is not None
+                try:
+                    src = cached.path.open("rb")
+                except OSError as e:
+                    frames.rejected(
+                        group, IntegrityError(f"cannot read it: {e.strerror}", member=names[0])
+                    )
+                with src:
+                    writer.copy_frame(src, sum(member_bytes(m.size) for m in span))
+                fh.flush()
+                region = _Pread(
+                    fh.fileno(), offset, writer.payload_offset + writer.compressed - offset
+                )
+                expect = [(m.name, m.size, m.mode) for m in span]
+                job = pool.submit(check_frame, cast(BinaryIO, region), expect, writer.mtime)
+                checks.append((group or "", start, cached, job))
+                progress.advance(sum(m.size for m in span))
+                continue
+            digests[start:end] = writer.tar.add_all(span, on_written=progress.advance)
+            if frames is not None and group is not None:
+                writer.end_frame()
+                size = writer.payload_offset + writer.compressed - offset
+                frames.written(group, params, names, offset, size)
+        for group, start, cached, future in checks:
+            assert frames is not None
+            try:
+                found = future.result()
+            except IntegrityError as e:
+                frames.rejected(group, e)
+            for i, (got, recorded) in enumerate(zip(found, cached.sha256, strict=True)):
+                if got != recorded:
+                    frames.rejected(
+                        group,
+                        IntegrityError(
+                            "a cached frame's content differs from the cache's record",
+                            member=members[start + i].name,
+                        ),
+                    )
+            digests[start : start + len(found)] = found
+    return digests

@@ -36,7 +36,7 @@ from .lock import for_target, parse_lock, render_lock
 from .project import Project, load_project
 from .sitetree import bytecode_interpreter
 from .treecache import BuiltTrees, TreeCache, TreeReport, TreeSpec, build_and_write
-from .wheels import PipDownloader, fetch_wheels
+from .wheels import PipDownloader, fetch_wheels, wheel_digest
 
 # Whether site-packages ships .pyc files (see `airgap pack --help`).
 BytecodeChoice = Literal["auto", "require", "none"]
@@ -254,6 +254,7 @@ def pack(
                 threads=threads,
                 progress=progress,
                 check=trees.check,
+                frames=trees.frames,
             )
 
         # The runtime is started as `python -m`: its console scripts (a prefix) are not needed.
@@ -271,6 +272,8 @@ def pack(
             progress=progress,
             warn=warn,
             on_tree=on_tree,
+            # The headers carry `created`: frames are worth keeping only when it is pinned.
+            keep_frames_of=out if os.environ.get("SOURCE_DATE_EPOCH") else None,
         )
 
 
@@ -294,9 +297,7 @@ def _sbom_file(
         for meta in sorted(tree.glob("*.dist-info/METADATA")):
             name = canonicalize_name(meta.parent.name.removesuffix(".dist-info").rsplit("-", 1)[0])
             wheel = by_name[name]  # the installer made one .dist-info per wheel
-            with wheel.open("rb") as stream:
-                digest = _sha256_stream(stream)
-            dists.append(Distribution(meta.read_bytes(), location, wheel.name, digest))
+            dists.append(Distribution(meta.read_bytes(), location, wheel.name, wheel_digest(wheel)))
     models = []
     for m in project.models:
         found = [

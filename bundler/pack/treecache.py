@@ -35,17 +35,24 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import BinaryIO, Final, Literal, NoReturn
 
 from packaging.utils import parse_wheel_filename
 
-from ..errors import CachedTreeMismatch, SiteTreeError, TreeCacheError, UsageError
+from ..errors import (
+    CachedTreeMismatch,
+    IntegrityError,
+    SiteTreeError,
+    TreeCacheError,
+    UsageError,
+)
 from ..formats.manifest import Manifest
 from ..progress import Progress
 from ..target import Target
 from . import sitetree
-from .assemble import SourceFile, normal_mode
+from .assemble import CachedFrame, SourceFile, normal_mode
 from .sitetree import Installed, build_site_tree, compile_bytecode, source_groups
+from .wheels import wheel_digest
 
 CACHE_FORMAT: Final = "airgap-tree-cache/1"
 MAX_ENV: Final = "AIRGAP_TREE_CACHE_MAX"
@@ -79,6 +86,7 @@ class TreeReport:
     key: str
     cache: CacheUse
     reused_bytecode: int = 0  # distributions whose pycs came from another entry (a miss)
+    reused_frames: int = 0  # compressed frames copied from the entry (and checked)
 
 
 # ---- sizes --------------------------------------------------------------------------------
@@ -149,23 +157,13 @@ def interpreter_id(python: Path) -> str:
     return _interpreter_ids[python]
 
 
-def _wheel_digest(path: Path) -> str:
-    # A wheel from the wheel cache lives at sha256/<digest>/<file>, and fetch_wheels has just
-    # re-hashed it against that name: hashing it again here would be the second pass.
-    digest = path.parent.name
-    if path.parent.parent.name == "sha256" and _KEY_RE.match(digest):
-        return digest
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def tree_key(spec: TreeSpec, target: Target, python: Path | None) -> str:
     """The entry key: sha256 of the canonical JSON of every input that decides the tree."""
     doc = {
         "format": CACHE_FORMAT,
         "installer": _INSTALLER_DIGEST,
         "mtime": sitetree.ZIP_EPOCH,
-        "wheels": sorted([w.name, _wheel_digest(w)] for w in spec.wheels),
+        "wheels": sorted([w.name, wheel_digest(w)] for w in spec.wheels),
         "target": [target.python, target.implementation, target.abi, list(target.platforms)],
         "roots": [r for r, _ in spec.roots],
         "bytecode": None if python is None else interpreter_id(python),
@@ -468,7 +466,7 @@ class TreeCache:
                 EntryInfo(
                     key=folder.name,
                     label=record.label,
-                    size=record.size,
+                    size=record.size + _frames_size(folder),
                     files=len(record.files),
                     hits=hits,
                     last_used=last,
@@ -539,18 +537,166 @@ class _Tree:
     reused: int = 0
 
 
+_FRAMES_DIR: Final = "frames"
+_FRAMES_INDEX: Final = "index.json"
+
+
+class _Frames:
+    """The compressed frames of cached trees (a :class:`FrameReuse` for write_bundle).
+
+    An entry keeps at most one set of frames, under ``frames/<params>/`` (params: level,
+    mtime, zstd version; :func:`frame_params`), stored after a pack whose ``created`` time
+    is pinned (SOURCE_DATE_EPOCH): the headers carry that time, so frames written with
+    another time could never be reused. Nothing in them is trusted (see FrameReuse).
+    """
+
+    def __init__(self, trees: list[_Tree], root: Path | None) -> None:
+        self._trees = trees
+        self._root = root
+        self._indexes: dict[tuple[str, str], dict[str, str]] = {}
+        self._bad: set[str] = set()
+        self.written_frames: list[tuple[str, str, tuple[str, ...], int, int]] = []
+        self.reused: dict[str, int] = {}  # entry key -> frames offered to the writer
+
+    def restart(self) -> None:
+        """Forget what the last (abandoned) write used and wrote."""
+        self.written_frames.clear()
+        self.reused.clear()
+
+    def _tree(self, group: str) -> _Tree:
+        key = group.split(":", 1)[0]
+        return next(t for t in self._trees if t.key == key)
+
+    def _index(self, key: str, params: str) -> dict[str, str]:
+        if (key, params) not in self._indexes:
+            folder = self._root / key / _FRAMES_DIR / params if self._root else None
+            found: dict[str, str] = {}
+            if folder is not None:
+                try:
+                    doc = json.loads((folder / _FRAMES_INDEX).read_bytes())
+                    found = {str(k): str(v) for k, v in doc["frames"].items()}
+                except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                    found = {}
+            self._indexes[key, params] = {
+                k: v for k, v in found.items() if re.fullmatch(r"[0-9]{1,6}\.zst", v)
+            }
+        return self._indexes[key, params]
+
+    def lookup(self, group: str, params: str, names: tuple[str, ...]) -> CachedFrame | None:
+        t = self._tree(group)
+        if t.cache != "hit" or t.record is None or self._root is None or t.key in self._bad:
+            return None
+        file = self._index(t.key, params).get(_names_digest(names))
+        if file is None:
+            return None
+        try:
+            recorded = tuple(t.record[t.payload[n]][2] for n in names)
+        except KeyError:
+            return None
+        self.reused[t.key] = self.reused.get(t.key, 0) + 1
+        return CachedFrame(self._root / t.key / _FRAMES_DIR / params / file, recorded)
+
+    def rejected(self, group: str, error: IntegrityError) -> NoReturn:
+        t = self._tree(group)
+        self._bad.add(t.key)
+        if self._root is not None:
+            shutil.rmtree(self._root / t.key / _FRAMES_DIR, ignore_errors=True)
+        raise CachedTreeMismatch(
+            f"tree cache: {t.spec.label} entry {t.key[:16]}: a compressed frame failed its "
+            f"check ({error.message}, {error.member}); compressing it again",
+            keys=frozenset(),
+        )
+
+    def written(
+        self, group: str, params: str, names: tuple[str, ...], offset: int, size: int
+    ) -> None:
+        self.written_frames.append((group, params, names, offset, size))
+
+    def store(self, bundle: Path) -> None:
+        """Copy each tree's freshly compressed frames from ``bundle`` into its entry.
+
+        Raises:
+            OSError: the entry cannot be written (the caller warns; the bundle is fine).
+        """
+        if self._root is None:
+            return
+        by_key: dict[str, list[tuple[str, tuple[str, ...], int, int]]] = {}
+        for group, params, names, offset, size in self.written_frames:
+            by_key.setdefault(group.split(":", 1)[0], []).append((params, names, offset, size))
+        for t in self._trees:
+            frames = by_key.get(t.key)
+            if not frames or not (t.cache == "hit" or t.stored):
+                continue
+            params = frames[0][0]
+            top = self._root / t.key / _FRAMES_DIR
+            if (top / params / _FRAMES_INDEX).exists():
+                continue
+            stage = top / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
+            stage.mkdir(parents=True)
+            index: dict[str, str] = {}
+            try:
+                with bundle.open("rb") as src:
+                    for i, (_, names, offset, size) in enumerate(frames):
+                        name = f"{i}.zst"
+                        with (stage / name).open("wb") as dst:
+                            _copy_range(src, dst, offset, size)
+                        index[_names_digest(names)] = name
+                (stage / _FRAMES_INDEX).write_text(json.dumps({"frames": index}, sort_keys=True))
+                for old in top.iterdir():
+                    if old != stage:
+                        shutil.rmtree(old, ignore_errors=True)
+                os.rename(stage, top / params)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+
+
+def _frames_size(entry: Path) -> int:
+    """Bytes of an entry's kept frames (they count toward the cache's bound)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for folder in (entry / _FRAMES_DIR).iterdir():
+            for f in folder.iterdir():
+                total += f.lstat().st_size
+    return total
+
+
+def _names_digest(names: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int, size: int) -> None:
+    done = 0
+    while done < size:
+        try:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), size - done, offset + done)
+        except OSError:
+            n = 0
+        if n == 0:  # no copy_file_range here (or a short one): plain reads
+            src.seek(offset + done)
+            while done < size:
+                chunk = src.read(min(1 << 20, size - done))
+                if not chunk:
+                    raise OSError(f"{src.name} ended before its frames")
+                dst.write(chunk)
+                done += len(chunk)
+            return
+        done += n
+
+
 @dataclass
 class BuiltTrees:
     """The trees of one pack, as payload files; ``check`` is write_bundle's last step."""
 
     trees: list[_Tree]
+    frames: _Frames
 
     @property
     def files(self) -> list[SourceFile]:
         out: list[SourceFile] = []
         for t in self.trees:
             for payload_path, rel in t.payload.items():
-                out.append(SourceFile(payload_path, t.folder / rel, t.sizes[rel][1]))
+                group = f"{t.key}:{rel.split('/', 1)[0]}"
+                out.append(SourceFile(payload_path, t.folder / rel, t.sizes[rel][1], group))
         return out
 
     def folder(self, label: str, sub: str) -> Path:
@@ -758,6 +904,7 @@ def build_and_write(
     progress: Progress,
     warn: Callable[[str], None],
     on_tree: Callable[[TreeReport], None] | None = None,
+    keep_frames_of: Path | None = None,
 ) -> Manifest:
     """Obtain each tree in ``specs`` (from ``cache`` when it holds a matching entry, else
     built from its wheels and compiled by ``python`` if given), then call ``write`` with them.
@@ -766,7 +913,10 @@ def build_and_write(
     differ from the entry's record stops the write before anything is signed; that tree is
     then rebuilt (with a ``warning:`` line through ``warn``) and ``write`` called again. Fresh
     trees are stored once the bundle is written, recorded with the writer's own hashes;
-    then the cache is trimmed to its bound (LRU).
+    then the cache is trimmed to its bound (LRU). ``keep_frames_of``: the bundle ``write``
+    writes, when its compressed frames are worth keeping for the next pack (its ``created``
+    is pinned); a cached tree's frames are offered to write_bundle through
+    ``BuiltTrees.frames`` either way.
 
     Raises:
         SiteTreeError, TreeCacheError, and whatever ``write`` raises.
@@ -775,18 +925,27 @@ def build_and_write(
     try:
         for spec in specs:
             session.trees.append(session.obtain(spec))
+        frames = _Frames(session.trees, cache.root if cache is not None else None)
         while True:
+            frames.restart()
             try:
-                manifest = write(BuiltTrees(session.trees))
+                manifest = write(BuiltTrees(session.trees, frames))
             except CachedTreeMismatch as e:
                 warn(e.message)
                 session.rebuild(e.keys)
                 continue
             break
         session.store(manifest)
+        if keep_frames_of is not None:
+            try:
+                frames.store(keep_frames_of)
+            except OSError as e:
+                warn(f"tree cache: the compressed frames were not kept: {e}")
         if on_tree is not None:
             for t in session.trees:
-                on_tree(TreeReport(t.spec.label, t.key, t.cache, t.reused))
+                on_tree(
+                    TreeReport(t.spec.label, t.key, t.cache, t.reused, frames.reused.get(t.key, 0))
+                )
     finally:
         session.close()
     if cache is not None:

@@ -209,6 +209,16 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def wheel_digest(path: Path) -> str:
+    """A wheel's sha256: from its place in the wheel cache (``sha256/<digest>/<file>``, which
+    fetch_wheels has just re-hashed against that name: hashing again would be a second pass),
+    else by reading it."""
+    digest = path.parent.name
+    if path.parent.parent.name == _STORE and re.fullmatch(r"[0-9a-f]{64}", digest):
+        return digest
+    return sha256_file(path)
+
+
 # --- the cache -------------------------------------------------------------------------
 
 
