@@ -898,3 +898,26 @@ def test_run_with_auth_key_file_mounts_it_read_only_and_publishes_metrics_on_loo
     assert "key auth on" in logs
     code, _ = cli_json(["stop", str(built)], capsys)
     assert code == 0
+
+
+def test_the_packs_socket_query_needs_a_unix_socket_and_reads_no_engine_as_unpinned(
+    tmp_path: Path,
+) -> None:
+    from bundler.deploy import enginesocket
+
+    with pytest.raises(enginesocket.NotHere):
+        enginesocket.socket_path({"DOCKER_HOST": "tcp://127.0.0.1:2375"})
+    assert enginesocket.socket_path({}) == "/var/run/docker.sock"
+    assert enginesocket.socket_path({"DOCKER_HOST": "unix:///x/d.sock"}) == "/x/d.sock"
+    assert enginesocket.image_id("any:tag", path=str(tmp_path / "none.sock")) is None
+
+
+@pytest.mark.docker
+def test_the_packs_socket_query_agrees_with_the_sdk(engine: DockerEngine) -> None:
+    from bundler.deploy import enginesocket
+
+    want = engine.image_id(BASE_REF)
+    assert want is not None and want.startswith("sha256:")
+    assert enginesocket.image_id(BASE_REF) == want
+    assert enginesocket.image_id("airgap-test/no-such-image:never") is None
+    assert enginesocket.image_id("Not A Reference") is None  # a 400 from the engine

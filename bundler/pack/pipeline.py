@@ -128,11 +128,19 @@ def _base_image(
                 remedy='add base_image = "name:tag" to bundle.toml',
             )
         return None, []
+    if not include:
+        from ..deploy import enginesocket
+
+        try:
+            digest = enginesocket.image_id(project.base_image)
+        except enginesocket.NotHere:  # a tcp or ssh DOCKER_HOST: the SDK speaks those
+            from ..deploy.engine import resolve_base_image
+
+            digest = resolve_base_image(project.base_image)
+        return mf.BaseImage(ref=project.base_image, digest=digest, included=False), []
     from ..deploy.engine import resolve_base_image, save_image
 
-    digest = resolve_base_image(project.base_image, required=include)
-    if not include:
-        return mf.BaseImage(ref=project.base_image, digest=digest, included=False), []
+    digest = resolve_base_image(project.base_image, required=True)
     tar = workdir / "base-image.tar"
     save_image(project.base_image, tar, digest=digest)
     return (

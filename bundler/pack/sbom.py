@@ -350,10 +350,15 @@ def _serialise(bom: Bom) -> bytes:
     """Canonical JSON (sorted keys, two-space indent, one trailing newline), with the
     serial number derived from the bytes written with the placeholder serial."""
 
-    def render() -> bytes:
-        doc = json.loads(JsonV1Dot6(bom).output_as_string())
+    def render(doc: object) -> bytes:
         return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
-    digest = hashlib.sha256(render()).hexdigest()
+    # cyclonedx renders once (it is the slow part); the serial is then set in the document,
+    # exactly as cyclonedx writes it ("urn:uuid:<uuid>").
+    doc = json.loads(JsonV1Dot6(bom).output_as_string())
+    if doc.get("serialNumber") != _PLACEHOLDER_SERIAL.urn:
+        raise AssertionError(f"cyclonedx wrote serialNumber {doc.get('serialNumber')!r}")
+    digest = hashlib.sha256(render(doc)).hexdigest()
     bom.serial_number = uuid.uuid5(_SERIAL_NAMESPACE, digest)
-    return render()
+    doc["serialNumber"] = bom.serial_number.urn
+    return render(doc)
