@@ -90,6 +90,9 @@ def main() -> int:
         if shutil.which(tool) is None:
             parser.error(f"{tool} is needed for the baselines")
 
+    # As after `pip install` (which compiles what it installs): the tool's own modules have
+    # their bytecode, even where PYTHONDONTWRITEBYTECODE keeps a checkout from writing it.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "bundler")], check=True)
     with tempfile.TemporaryDirectory(prefix="airgap-bench-pack-") as tmp:
         work = Path(tmp)
         uv = make_uv(work, args.uv)

@@ -452,3 +452,12 @@ def test_rfc3339_times_with_any_precision_date_the_snapshot() -> None:
     data = _small_zip(**{f"{r['id']}.json": json.dumps(r).encode() for r in recs})
     db = load_database(io.BytesIO(data))
     assert db.snapshot.isoformat() == "2026-11-20T12:00:00.123456+00:00"
+
+
+def test_the_clis_default_max_age_is_the_reports() -> None:
+    # The CLI names the default without importing the report module (start-up time).
+    from bundler.audit import report
+    from bundler.cli import audit as cli_audit
+
+    assert cli_audit.DEFAULT_MAX_AGE == report.DEFAULT_MAX_AGE
+    assert report.parse_age(cli_audit.DEFAULT_MAX_AGE).days == 30

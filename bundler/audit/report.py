@@ -23,7 +23,7 @@ from ..verify.unpack import read_member
 from .osv import DEFAULT_DB_LIMITS, Database, DatabaseLimits, Finding, Package, load_database, match
 
 MAX_SBOM_BYTES: Final = DEFAULT_LIMITS.max_sbom_bytes
-DEFAULT_MAX_AGE: Final = "30d"
+DEFAULT_MAX_AGE: Final = "30d"  # also in bundler/cli/audit.py (kept equal by a test)
 _AGE: Final = re.compile(r"^(\d{1,6})([hdw])$")
 _UNITS: Final = {"h": dt.timedelta(hours=1), "d": dt.timedelta(days=1), "w": dt.timedelta(weeks=1)}
 

@@ -6,13 +6,19 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..audit.report import DEFAULT_MAX_AGE, AuditReport, audit, parse_age
 from ..errors import EXIT_DATABASE, EXIT_FINDINGS, EXIT_OK
 from ._common import cli, emit_json, funnel, json_option, trust_options
+
+if TYPE_CHECKING:
+    from ..audit.report import AuditReport
+
+# `airgap audit`'s default; the report module (and the SBOM library it loads) is imported
+# only when the command runs, so every other command starts without it.
+DEFAULT_MAX_AGE = "30d"
 
 
 def _safe(text: str) -> str:
@@ -149,6 +155,8 @@ def audit_cmd(
     Exit codes: 0 no advisory matches, 5 findings, 6 the database is invalid (or, with
     --fail-stale, older than --max-age), 3 the bundle is rejected, 1 other errors.
     """
+    from ..audit.report import audit, parse_age
+
     report = audit(subject, database, trust=trust, max_age=parse_age(max_age))
     code = _exit_code(report, fail_stale)
     if as_json:

@@ -90,6 +90,7 @@ def _split_name(name: str) -> tuple[bytes, bytes]:
 # typeflag, linkname, magic+version, uname, gname, devmajor, devminor, prefix, padding.
 _USTAR: Final = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12s")
 _ZERO_ID: Final = b"%07o\x00" % 0
+_ZERO_BLOCK: Final = bytes(BLOCK)
 
 
 def ustar_header(name: str, size: int, mode: int, mtime: int) -> bytes:
@@ -375,9 +376,9 @@ def check_frame(
     buf = memoryview(b"")
     pos = 0
 
-    def take(n: int, member: str) -> memoryview:
-        """The next ``n`` (at most CHUNK) decompressed bytes; most come from one buffer, so
-        the many small members cost no call into the decompressor each."""
+    def ensure(n: int, member: str) -> None:
+        """Make the buffer hold the next ``n`` (at most ~CHUNK) decompressed bytes; most
+        members then come from one buffer, with no call into the decompressor each."""
         nonlocal buf, pos
         if pos + n > len(buf):
             rest = bytes(buf[pos:])
@@ -388,6 +389,10 @@ def check_frame(
             buf, pos = memoryview(rest + piece), 0
             if len(buf) < n:
                 raise IntegrityError("cached frame ends early", member=member)
+
+    def take(n: int, member: str) -> memoryview:
+        nonlocal pos
+        ensure(n, member)
         pos += n
         return buf[pos - n : pos]
 
@@ -395,6 +400,18 @@ def check_frame(
     name = "payload"
     try:
         for name, size, mode in members:
+            pad = _padding(size)
+            whole = BLOCK + size + pad
+            if whole <= CHUNK:  # the common case: the whole member from the buffer at once
+                ensure(whole, name)
+                end = pos + BLOCK + size
+                if buf[pos : pos + BLOCK] != ustar_header(name, size, mode, mtime):
+                    raise IntegrityError("cached frame holds another header", member=name)
+                if pad and buf[end : end + pad] != _ZERO_BLOCK[:pad]:
+                    raise IntegrityError("cached frame has non-zero padding", member=name)
+                digests.append(hashlib.sha256(buf[pos + BLOCK : end]).hexdigest())
+                pos += whole
+                continue
             if take(BLOCK, name) != ustar_header(name, size, mode, mtime):
                 raise IntegrityError("cached frame holds another header", member=name)
             digest = hashlib.sha256()
@@ -403,8 +420,7 @@ def check_frame(
                 piece = take(min(CHUNK, remaining), name)
                 digest.update(piece)
                 remaining -= len(piece)
-            pad = _padding(size)
-            if pad and take(pad, name) != bytes(pad):
+            if pad and take(pad, name) != _ZERO_BLOCK[:pad]:
                 raise IntegrityError("cached frame has non-zero padding", member=name)
             digests.append(digest.hexdigest())
         if pos < len(buf) or reader.read(1):
@@ -412,6 +428,39 @@ def check_frame(
     except zstandard.ZstdError as e:
         raise IntegrityError(f"cached frame is corrupt: {e}", member=name) from None
     return digests
+
+
+class _Hashed(io.RawIOBase):
+    """Reads through ``f`` to its end, hashing every byte read."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._f.read(len(buffer))
+        self.sha256.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def check_frame_file(
+    f: BinaryIO, members: Sequence[tuple[str, int, int]], mtime: int
+) -> tuple[str, list[str]]:
+    """:func:`check_frame` on a whole file; also return the sha256 of all its bytes, so a
+    copy of them can be proven to be these checked bytes by its digest alone.
+
+    Raises:
+        IntegrityError: as check_frame.
+    """
+    hashed = _Hashed(f)
+    digests = check_frame(cast(BinaryIO, hashed), members, mtime)
+    while hashed.read(CHUNK):  # bytes the decompressor did not need count too
+        pass
+    return hashed.sha256.hexdigest(), digests
 
 
 @dataclass(frozen=True)
@@ -540,14 +589,18 @@ class BundleWriter:
             self._zwriter.flush(zstandard.FLUSH_FRAME)
             self._frame_start = self.tar.written
 
-    def copy_frame(self, src: BinaryIO, tar_bytes: int) -> None:
+    def copy_frame(self, src: BinaryIO, tar_bytes: int) -> str:
         """Append already-compressed frame bytes (which decompress to ``tar_bytes`` bytes of
-        members) as they are; the caller checks them (:func:`check_frame`) before signing."""
+        members) as they are; return their sha256. The caller must prove them (e.g. with
+        :func:`check_frame_file` and that digest) before signing."""
         self.end_frame()
+        digest = hashlib.sha256()
         while chunk := src.read(CHUNK):
+            digest.update(chunk)
             self._hashing.write(chunk)
         self.tar.written += tar_bytes
         self._frame_start = self.tar.written
+        return digest.hexdigest()
 
     def finish_payload(self) -> PayloadStats:
         """End the members' frame, then write the end-of-archive marker in a frame of its

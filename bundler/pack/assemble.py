@@ -8,10 +8,10 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, NoReturn, Protocol, cast
+from typing import BinaryIO, NoReturn, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -19,7 +19,6 @@ from ..errors import BundleError, IntegrityError, ProjectError
 from ..formats.archive import (
     BundleWriter,
     MemberSource,
-    check_frame,
     frame_params,
     frame_plan,
     member_bytes,
@@ -50,6 +49,9 @@ class SourceFile:
     # Files of one group share zstd frames (a new frame starts where the group changes), so
     # a later pack can reuse the group's compressed frames (see FrameReuse).
     group: str | None = None
+    # The size a listing just saw (no second stat); a file whose bytes are read must still
+    # have it (the writer checks), and a reused frame is checked member by member.
+    known_size: int | None = None
 
     def open(self) -> BinaryIO:
         if isinstance(self.source, bytes):
@@ -59,29 +61,37 @@ class SourceFile:
     def size(self) -> int:
         if isinstance(self.source, bytes):
             return len(self.source)
+        if self.known_size is not None:
+            return self.known_size
         return self.source.stat().st_size
 
 
 @dataclass(frozen=True)
 class CachedFrame:
-    """A reusable frame: the file with its compressed bytes, and what each member's sha256
-    must be (the cache's own record)."""
+    """A reusable frame: the file with its compressed bytes, what each member's sha256 must
+    be (the cache's own record), and the check of that file (:func:`check_frame_file`,
+    started early on another thread): the sha256 of its bytes and its members' digests."""
 
     path: Path
     sha256: tuple[str, ...]
+    check: Future[tuple[str, list[str]]]
 
 
 class FrameReuse(Protocol):
     """Where write_bundle may take already-compressed frames from, and tells what it wrote.
 
     A frame is named by its group, the compression parameters (:func:`frame_params`: level,
-    mtime, zstd version) and its exact member names. A reused frame is never trusted: the
-    bytes copied into the bundle are decompressed and every member's header and sha256
-    checked (on several threads) before anything is signed.
+    mtime, zstd version) and its exact member names. A reused frame is never trusted: its
+    file is decompressed and every member's header and sha256 checked (on other threads,
+    while the rest is written), and the bytes copied into the bundle must have the sha256
+    of the bytes checked, before anything is signed.
     """
 
-    def lookup(self, group: str, params: str, names: tuple[str, ...]) -> CachedFrame | None:
-        """This frame's compressed bytes and members' digests, or None to compress it."""
+    def lookup(
+        self, group: str, params: str, names: tuple[str, ...], mtime: int
+    ) -> CachedFrame | None:
+        """This frame's file, its members' recorded digests and its check (for headers of
+        ``mtime``), or None to compress it."""
 
     def rejected(self, group: str, error: IntegrityError) -> NoReturn:
         """A reused frame failed its check: raise the error to report."""
@@ -216,14 +226,7 @@ def write_bundle(
         ]
         groups = [f.group for f in ordered]
         digests = _write_frames(
-            writer,
-            fh,
-            members,
-            groups,
-            frames,
-            frame_params(level, meta.created),
-            threads,
-            progress,
+            writer, members, groups, frames, frame_params(level, meta.created), progress
         )
         entries = [
             FileEntry(path=m.name, size=m.size, mode=m.mode, sha256=d)
@@ -259,92 +262,69 @@ def write_bundle(
     return manifest
 
 
-class _Pread(io.RawIOBase):
-    """Reads ``size`` bytes at ``offset`` of a file descriptor with pread (thread-safe)."""
-
-    def __init__(self, fd: int, offset: int, size: int) -> None:
-        self._fd, self._pos, self._end = fd, offset, offset + size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = min(len(buffer), self._end - self._pos)
-        if n <= 0:
-            return 0
-        data = os.pread(self._fd, n, self._pos)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-
 def _write_frames(
     writer: BundleWriter,
-    fh: BinaryIO,
     members: Sequence[MemberSource],
     groups: Sequence[str | None],
     frames: FrameReuse | None,
     params: str,
-    threads: int,
     progress: Progress,
 ) -> list[str]:
     """Write every member, frame by frame (:func:`frame_plan`); return their sha256 digests.
 
-    A grouped frame that ``frames`` holds is copied as it is, then decompressed and checked
-    from the bundle's own bytes (not the cache's, which could change meanwhile) on a worker
-    thread while later frames are written. Any other frame is compressed.
+    A grouped frame that ``frames`` holds is copied as it is; its check (started earlier on
+    another thread) must pass, with the sha256 of the bytes copied equal to that of the bytes
+    checked, and every member's digest equal to the record. Any other frame is compressed.
     """
     digests: list[str] = [""] * len(members)
-    checks: list[tuple[str, int, CachedFrame, Future[list[str]]]] = []
-    plan = frame_plan([m.size for m in members], groups)
-    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="frame") as pool:
-        for start, end in plan:
-            span = members[start:end]
-            group = groups[start]
-            names = tuple(m.name for m in span)
-            cached = None
-            if frames is not None and group is not None:
-                cached = frames.lookup(group, params, names)
-            writer.end_frame()
-            offset = writer.payload_offset + writer.compressed
-            if cached is not None:
-                assert frames is not None and group is not None
-                try:
-                    src = cached.path.open("rb")
-                except OSError as e:
-                    frames.rejected(
-                        group, IntegrityError(f"cannot read it: {e.strerror}", member=names[0])
-                    )
-                with src:
-                    writer.copy_frame(src, sum(member_bytes(m.size) for m in span))
-                fh.flush()
-                region = _Pread(
-                    fh.fileno(), offset, writer.payload_offset + writer.compressed - offset
-                )
-                expect = [(m.name, m.size, m.mode) for m in span]
-                job = pool.submit(check_frame, cast(BinaryIO, region), expect, writer.mtime)
-                checks.append((group or "", start, cached, job))
-                progress.advance(sum(m.size for m in span))
-                continue
+    for start, end in frame_plan([m.size for m in members], groups):
+        span = members[start:end]
+        group = groups[start]
+        names = tuple(m.name for m in span)
+        writer.end_frame()
+        offset = writer.payload_offset + writer.compressed
+        if frames is None or group is None:
             digests[start:end] = writer.tar.add_all(span, on_written=progress.advance)
-            if frames is not None and group is not None:
-                writer.end_frame()
-                size = writer.payload_offset + writer.compressed - offset
-                frames.written(group, params, names, offset, size)
-        for group, start, cached, future in checks:
-            assert frames is not None
-            try:
-                found = future.result()
-            except IntegrityError as e:
-                frames.rejected(group, e)
-            for i, (got, recorded) in enumerate(zip(found, cached.sha256, strict=True)):
-                if got != recorded:
-                    frames.rejected(
-                        group,
-                        IntegrityError(
-                            "a cached frame's content differs from the cache's record",
-                            member=members[start + i].name,
-                        ),
-                    )
-            digests[start : start + len(found)] = found
+            continue
+        cached = frames.lookup(group, params, names, writer.mtime)
+        if cached is None:
+            digests[start:end] = writer.tar.add_all(span, on_written=progress.advance)
+            writer.end_frame()
+            size = writer.payload_offset + writer.compressed - offset
+            frames.written(group, params, names, offset, size)
+            continue
+        digests[start:end] = _copy_checked(writer, frames, group, span, cached)
+        progress.advance(sum(m.size for m in span))
     return digests
+
+
+def _copy_checked(
+    writer: BundleWriter,
+    frames: FrameReuse,
+    group: str,
+    span: Sequence[MemberSource],
+    cached: CachedFrame,
+) -> list[str]:
+    try:
+        src = cached.path.open("rb")
+    except OSError as e:
+        frames.rejected(group, IntegrityError(f"cannot read it: {e.strerror}", member=span[0].name))
+    with src:
+        copied = writer.copy_frame(src, sum(member_bytes(m.size) for m in span))
+    try:
+        checked, found = cached.check.result()
+    except IntegrityError as e:
+        frames.rejected(group, e)
+    if copied != checked:
+        frames.rejected(
+            group, IntegrityError("it changed while it was being packed", member=span[0].name)
+        )
+    for m, got, recorded in zip(span, found, cached.sha256, strict=True):
+        if got != recorded:
+            frames.rejected(
+                group,
+                IntegrityError(
+                    "a cached frame's content differs from the cache's record", member=m.name
+                ),
+            )
+    return found

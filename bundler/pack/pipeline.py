@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import importlib.metadata
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -15,6 +18,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from ..errors import ProjectError
 from ..formats import manifest as mf
+from ..formats.archive import frame_params
 from ..formats.signing import load_private_key
 from ..layout import (
     APP_DIR,
@@ -207,6 +211,9 @@ def pack(
     """
     progress = progress or NullProgress()
     warn = warn or (lambda _line: None)
+    # The SBOM library takes a while to import: load it meanwhile (a failure there is
+    # reported where the SBOM is written, by the import in _sbom_file).
+    threading.Thread(target=_import_quietly, args=(".sbom",), daemon=True).start()
     project = load_project(project_dir)
     check_pack(project.entry_script, project.target, warn=warn)  # before any download
     private_key = load_private_key(key, passphrase)  # fail before any download
@@ -282,6 +289,8 @@ def pack(
             on_tree=on_tree,
             # The headers carry `created`: frames are worth keeping only when it is pinned.
             keep_frames_of=out if os.environ.get("SOURCE_DATE_EPOCH") else None,
+            # Kept frames are checked on other threads while the rest of the pack runs.
+            frames_for=(frame_params(level, created), created),
         )
 
 
@@ -328,6 +337,11 @@ def _sbom_file(
     data = build_sbom(inputs)
     progress.finish()
     return SourceFile(SBOM_FILE, data, 0o644)
+
+
+def _import_quietly(module: str) -> None:
+    with contextlib.suppress(Exception):
+        importlib.import_module(module, __package__)
 
 
 def _tool_version() -> str:

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final, Literal, NoReturn
@@ -46,6 +47,7 @@ from ..errors import (
     TreeCacheError,
     UsageError,
 )
+from ..formats.archive import check_frame_file, frame_plan
 from ..formats.manifest import Manifest
 from ..progress import Progress
 from ..target import Target
@@ -555,6 +557,8 @@ class _Frames:
         self._root = root
         self._indexes: dict[tuple[str, str], dict[str, str]] = {}
         self._bad: set[str] = set()
+        self._checks: dict[Path, Future[tuple[str, list[str]]]] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self.written_frames: list[tuple[str, str, tuple[str, ...], int, int]] = []
         self.reused: dict[str, int] = {}  # entry key -> frames offered to the writer
 
@@ -582,7 +586,23 @@ class _Frames:
             }
         return self._indexes[key, params]
 
-    def lookup(self, group: str, params: str, names: tuple[str, ...]) -> CachedFrame | None:
+    def prefetch(self, t: _Tree, params: str, mtime: int) -> None:
+        """Start checking every kept frame of ``t`` the writer will ask for (on worker
+        threads, one per core), so the checks run while the pack does its other work."""
+        if t.cache == "hit":
+            for root, _ in t.spec.roots:
+                group = f"{t.key}:{root}"
+                names = sorted(
+                    (p for p, rel in t.payload.items() if rel.split("/", 1)[0] == root),
+                    key=lambda p: p.encode("utf-8"),  # the writer's order
+                )
+                sizes = [t.sizes[t.payload[n]][0] for n in names]
+                for a, b in frame_plan(sizes, [group] * len(names)):
+                    self._find(group, params, tuple(names[a:b]), mtime)
+
+    def _find(
+        self, group: str, params: str, names: tuple[str, ...], mtime: int
+    ) -> CachedFrame | None:
         t = self._tree(group)
         if t.cache != "hit" or t.record is None or self._root is None or t.key in self._bad:
             return None
@@ -591,14 +611,36 @@ class _Frames:
             return None
         try:
             recorded = tuple(t.record[t.payload[n]][2] for n in names)
+            want = [(n, t.sizes[t.payload[n]][0], t.sizes[t.payload[n]][1]) for n in names]
         except KeyError:
             return None
-        self.reused[t.key] = self.reused.get(t.key, 0) + 1
-        return CachedFrame(self._root / t.key / _FRAMES_DIR / params / file, recorded)
+        path = self._root / t.key / _FRAMES_DIR / params / file
+        if path not in self._checks:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(os.cpu_count() or 1, "frame-check")
+            self._checks[path] = self._pool.submit(_check_file, path, want, mtime)
+        return CachedFrame(path, recorded, self._checks[path])
+
+    def lookup(
+        self, group: str, params: str, names: tuple[str, ...], mtime: int
+    ) -> CachedFrame | None:
+        found = self._find(group, params, names, mtime)
+        if found is not None:
+            t = self._tree(group)
+            self.reused[t.key] = self.reused.get(t.key, 0) + 1
+        return found
+
+    def close(self) -> None:
+        """Stop the checking threads (after they finish what they started)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def rejected(self, group: str, error: IntegrityError) -> NoReturn:
         t = self._tree(group)
         self._bad.add(t.key)
+        for path in [p for p in self._checks if p.parents[2].name == t.key]:
+            self._checks.pop(path).cancel()  # <key>/frames/<params>/<file>
         if self._root is not None:
             shutil.rmtree(self._root / t.key / _FRAMES_DIR, ignore_errors=True)
         raise CachedTreeMismatch(
@@ -660,6 +702,17 @@ def _frames_size(entry: Path) -> int:
     return total
 
 
+def _check_file(
+    path: Path, members: Sequence[tuple[str, int, int]], mtime: int
+) -> tuple[str, list[str]]:
+    """A kept frame file's check (see CachedFrame); an unreadable file fails it."""
+    try:
+        with path.open("rb") as f:
+            return check_frame_file(f, members, mtime)
+    except OSError as e:
+        raise IntegrityError(f"cannot read it: {e.strerror}", member=members[0][0]) from e
+
+
 def _names_digest(names: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
@@ -695,8 +748,9 @@ class BuiltTrees:
         out: list[SourceFile] = []
         for t in self.trees:
             for payload_path, rel in t.payload.items():
+                size, mode = t.sizes[rel]
                 group = f"{t.key}:{rel.split('/', 1)[0]}"
-                out.append(SourceFile(payload_path, t.folder / rel, t.sizes[rel][1], group))
+                out.append(SourceFile(payload_path, t.folder / rel, mode, group, size))
         return out
 
     def folder(self, label: str, sub: str) -> Path:
@@ -905,6 +959,7 @@ def build_and_write(
     warn: Callable[[str], None],
     on_tree: Callable[[TreeReport], None] | None = None,
     keep_frames_of: Path | None = None,
+    frames_for: tuple[str, int] | None = None,
 ) -> Manifest:
     """Obtain each tree in ``specs`` (from ``cache`` when it holds a matching entry, else
     built from its wheels and compiled by ``python`` if given), then call ``write`` with them.
@@ -916,16 +971,20 @@ def build_and_write(
     then the cache is trimmed to its bound (LRU). ``keep_frames_of``: the bundle ``write``
     writes, when its compressed frames are worth keeping for the next pack (its ``created``
     is pinned); a cached tree's frames are offered to write_bundle through
-    ``BuiltTrees.frames`` either way.
+    ``BuiltTrees.frames`` either way. ``frames_for``: the frame params and mtime ``write``
+    will use (:func:`frame_params`), to start checking kept frames as soon as each tree is
+    found in the cache.
 
     Raises:
         SiteTreeError, TreeCacheError, and whatever ``write`` raises.
     """
     session = _Session(cache, target, python, work, progress, warn)
+    frames = _Frames(session.trees, cache.root if cache is not None else None)
     try:
         for spec in specs:
             session.trees.append(session.obtain(spec))
-        frames = _Frames(session.trees, cache.root if cache is not None else None)
+            if frames_for is not None:
+                frames.prefetch(session.trees[-1], *frames_for)
         while True:
             frames.restart()
             try:
@@ -947,6 +1006,7 @@ def build_and_write(
                     TreeReport(t.spec.label, t.key, t.cache, t.reused, frames.reused.get(t.key, 0))
                 )
     finally:
+        frames.close()
         session.close()
     if cache is not None:
         try:
