@@ -389,3 +389,21 @@ def test_real_download_failure_names_the_pin_and_target(tmp_path: Path) -> None:
         fetch_wheels(reqs, old, tmp_path / "cache")
     assert "markupsafe==3.0.2" in info.value.message
     assert "cp36 (python 3.6) on manylinux_2_17_aarch64" in info.value.message
+
+
+def test_cached_picks_are_the_last_fetchs_files_without_hashing(
+    tmp_path: Path, house: Path
+) -> None:
+    from bundler.pack.wheels import cached_picks
+
+    cache = tmp_path / "cache"
+    reqs = _lock(house, "alpha", "beta")
+    assert cached_picks(reqs, X86_311, cache) is None  # nothing fetched yet
+    fetch_wheels(reqs[:1], X86_311, cache, source=LocalWheelSource(house))
+    assert cached_picks(reqs, X86_311, cache) is None  # beta has no pick record
+    paths = fetch_wheels(reqs, X86_311, cache, source=LocalWheelSource(house))
+    assert cached_picks(reqs, X86_311, cache) == paths
+    assert cached_picks(reqs, ARM_312, cache) is None  # picks are per target
+    # A hint only: a changed file is still named (fetch_wheels is what re-hashes it).
+    paths[0].write_bytes(b"changed")
+    assert cached_picks(reqs, X86_311, cache) == paths

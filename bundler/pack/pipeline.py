@@ -36,11 +36,19 @@ from ..progress import NullProgress, Progress
 from ..target import Target
 from .assemble import BundleMeta, SourceFile, collect_tree, normal_mode, write_bundle
 from .checks import check_pack
-from .lock import for_target, parse_lock, render_lock
+from .lock import LockedRequirement, for_target, parse_lock, render_lock
 from .project import Project, load_project
 from .sitetree import bytecode_interpreter
-from .treecache import BuiltTrees, TreeCache, TreeReport, TreeSpec, build_and_write
-from .wheels import PipDownloader, fetch_wheels, wheel_digest
+from .treecache import (
+    BuiltTrees,
+    KeptFrames,
+    TreeCache,
+    TreeReport,
+    TreeSpec,
+    build_and_write,
+    early_frame_checks,
+)
+from .wheels import PipDownloader, cached_picks, fetch_wheels, wheel_digest
 
 # Whether site-packages ships .pyc files (see `airgap pack --help`).
 BytecodeChoice = Literal["auto", "require", "none"]
@@ -223,7 +231,11 @@ def pack(
     source = _wheel_source(find_links)
     reqs = for_target(parse_lock(project.lock), target)
     runtime_reqs = for_target(parse_lock(RUNTIME_LOCK), target)
-    with tempfile.TemporaryDirectory(prefix="airgap-pack-") as tmp:
+    frames_for = (frame_params(level, created), created)
+    early = _early_checks(tree_cache, reqs, runtime_reqs, target, python, cache_dir, frames_for)
+    with tempfile.TemporaryDirectory(prefix="airgap-pack-") as tmp, contextlib.ExitStack() as stack:
+        if early is not None:
+            stack.callback(early.close)  # when pack fails before build_and_write takes them
         work = Path(tmp)
         wheels = fetch_wheels(reqs, target, cache_dir=cache_dir, progress=progress, source=source)
         runtime_wheels = fetch_wheels(runtime_reqs, target, cache_dir=cache_dir, progress=progress)
@@ -272,13 +284,8 @@ def pack(
                 frames=trees.frames,
             )
 
-        # The runtime is started as `python -m`: its console scripts (a prefix) are not needed.
-        specs = [
-            TreeSpec(SITE_DIR, tuple(wheels), (("site", SITE_DIR), ("prefix", PREFIX_DIR))),
-            TreeSpec(RUNTIME_LIB, tuple(runtime_wheels), (("site", RUNTIME_LIB),)),
-        ]
         return build_and_write(
-            specs,
+            _tree_specs(wheels, runtime_wheels),
             write,
             cache=tree_cache,
             target=target,
@@ -290,8 +297,38 @@ def pack(
             # The headers carry `created`: frames are worth keeping only when it is pinned.
             keep_frames_of=out if os.environ.get("SOURCE_DATE_EPOCH") else None,
             # Kept frames are checked on other threads while the rest of the pack runs.
-            frames_for=(frame_params(level, created), created),
+            frames_for=frames_for,
+            early=early,
         )
+
+
+def _tree_specs(wheels: Sequence[Path], runtime_wheels: Sequence[Path]) -> list[TreeSpec]:
+    # The runtime is started as `python -m`: its console scripts (a prefix) are not needed.
+    return [
+        TreeSpec(SITE_DIR, tuple(wheels), (("site", SITE_DIR), ("prefix", PREFIX_DIR))),
+        TreeSpec(RUNTIME_LIB, tuple(runtime_wheels), (("site", RUNTIME_LIB),)),
+    ]
+
+
+def _early_checks(
+    tree_cache: TreeCache | None,
+    reqs: Sequence[LockedRequirement],
+    runtime_reqs: Sequence[LockedRequirement],
+    target: Target,
+    python: Path | None,
+    cache_dir: Path | None,
+    frames_for: tuple[str, int],
+) -> KeptFrames | None:
+    """Kept frames' checks started from the wheel cache's pick records, before the wheels
+    are re-hashed (see early_frame_checks: only work starts early, nothing is trusted)."""
+    if tree_cache is None:
+        return None
+    picks = cached_picks(reqs, target, cache_dir)
+    runtime_picks = cached_picks(runtime_reqs, target, cache_dir)
+    if picks is None or runtime_picks is None:
+        return None
+    specs = _tree_specs(picks, runtime_picks)
+    return early_frame_checks(tree_cache, specs, target, python, frames_for)
 
 
 def _sbom_file(

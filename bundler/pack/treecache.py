@@ -543,7 +543,7 @@ _FRAMES_DIR: Final = "frames"
 _FRAMES_INDEX: Final = "index.json"
 
 
-class _Frames:
+class KeptFrames:
     """The compressed frames of cached trees (a :class:`FrameReuse` for write_bundle).
 
     An entry keeps at most one set of frames, under ``frames/<params>/`` (params: level,
@@ -629,6 +629,12 @@ class _Frames:
             t = self._tree(group)
             self.reused[t.key] = self.reused.get(t.key, 0) + 1
         return found
+
+    def adopt(self, early: KeptFrames) -> None:
+        """Take over the checks (and threads) another instance started."""
+        self._checks.update(early._checks)
+        if self._pool is None:
+            self._pool, early._pool = early._pool, None
 
     def close(self) -> None:
         """Stop the checking threads (after they finish what they started)."""
@@ -741,7 +747,7 @@ class BuiltTrees:
     """The trees of one pack, as payload files; ``check`` is write_bundle's last step."""
 
     trees: list[_Tree]
-    frames: _Frames
+    frames: KeptFrames
 
     @property
     def files(self) -> list[SourceFile]:
@@ -947,6 +953,43 @@ class _Session:
                 self.warn(f"tree cache: {t.spec.label} was not stored in {self.cache.root}: {e}")
 
 
+def early_frame_checks(
+    cache: TreeCache,
+    specs: Sequence[TreeSpec],
+    target: Target,
+    python: Path | None,
+    frames_for: tuple[str, int],
+) -> KeptFrames:
+    """Start checking the kept frames of the entries ``specs`` would hit, from their records
+    alone (no lock, no listing, no hit counted), before the pack has checked its wheels and
+    listed the trees; hand the result to :func:`build_and_write` (``early``).
+
+    Only work is started early: build_and_write still finds each tree, lists and compares
+    it, and uses a check only for a frame it asks for itself (the same file and members);
+    specs made from unchecked wheel picks merely start checks nobody asks for.
+    """
+    frames = KeptFrames([], cache.root)
+    for spec in specs:
+        key = tree_key(spec, target, python)
+        try:
+            record = _parse_record((cache.root / key / "record.json").read_bytes(), key)
+        except OSError:
+            record = None
+        if record is None:
+            continue
+        t = _Tree(spec, key, cache.root / key, "hit")
+        t.record = record.files
+        t.sizes = {rel: (size, mode) for rel, (size, mode, _) in record.files.items()}
+        for rel in record.files:
+            root, _, tail = rel.partition("/")
+            for name, prefix in spec.roots:
+                if name == root:
+                    t.payload[f"{prefix}/{tail}"] = rel
+        frames._trees.append(t)
+        frames.prefetch(t, *frames_for)
+    return frames
+
+
 def build_and_write(
     specs: Sequence[TreeSpec],
     write: Callable[[BuiltTrees], Manifest],
@@ -960,6 +1003,7 @@ def build_and_write(
     on_tree: Callable[[TreeReport], None] | None = None,
     keep_frames_of: Path | None = None,
     frames_for: tuple[str, int] | None = None,
+    early: KeptFrames | None = None,
 ) -> Manifest:
     """Obtain each tree in ``specs`` (from ``cache`` when it holds a matching entry, else
     built from its wheels and compiled by ``python`` if given), then call ``write`` with them.
@@ -973,13 +1017,16 @@ def build_and_write(
     is pinned); a cached tree's frames are offered to write_bundle through
     ``BuiltTrees.frames`` either way. ``frames_for``: the frame params and mtime ``write``
     will use (:func:`frame_params`), to start checking kept frames as soon as each tree is
-    found in the cache.
+    found in the cache. ``early``: checks :func:`early_frame_checks` started (this call
+    takes them over, and stops their threads at the end).
 
     Raises:
         SiteTreeError, TreeCacheError, and whatever ``write`` raises.
     """
     session = _Session(cache, target, python, work, progress, warn)
-    frames = _Frames(session.trees, cache.root if cache is not None else None)
+    frames = KeptFrames(session.trees, cache.root if cache is not None else None)
+    if early is not None:
+        frames.adopt(early)
     try:
         for spec in specs:
             session.trees.append(session.obtain(spec))

@@ -209,6 +209,29 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def cached_picks(
+    reqs: Sequence[LockedRequirement], target: Target, cache_dir: Path | None = None
+) -> list[Path] | None:
+    """The wheel files an earlier fetch picked for these pins, in fetch_wheels' order, read
+    from the pick records without hashing anything; None when one has no record.
+
+    A hint only (to start work early): nothing may use these files before fetch_wheels has
+    re-checked them.
+    """
+    cache = WheelCache(cache_dir or default_cache_dir())
+    found: list[Path] = []
+    for req in for_target(reqs, target):
+        try:
+            record = cache._pick_path(req, target).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+        digest, _, file_name = record.strip().partition(" ")
+        if "/" in file_name or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            return None
+        found.append(cache.root / _STORE / digest / file_name)
+    return found
+
+
 def wheel_digest(path: Path) -> str:
     """A wheel's sha256: from its place in the wheel cache (``sha256/<digest>/<file>``, which
     fetch_wheels has just re-hashed against that name: hashing again would be a second pass),
